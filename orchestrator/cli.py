@@ -1,0 +1,266 @@
+"""The ``tunectl`` command line (typer + rich).
+
+User errors print one line to stderr and exit 2, with no traceback. ``--json`` output is
+meant for scripts and is stable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator import jobs as job_ops
+from orchestrator import log
+from orchestrator.blobs import BlobStore
+from orchestrator.config import Settings, get_settings
+from orchestrator.db.engine import check_migrated, get_engine, session_scope
+from orchestrator.db.models import Job, JobTransition
+from orchestrator.errors import UserError
+from orchestrator.specs import load_spec
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Run LLM fine-tune jobs across providers, durably.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+app.add_typer(db_app, name="db")
+out = Console()
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    log.configure(settings.log_format, settings.log_level)
+    return settings
+
+
+def _engine(settings: Settings, *, migrated: bool = True) -> Any:
+    engine = get_engine(settings.database_url)
+    if migrated:
+        check_migrated(engine)
+    return engine
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def job_json(job: Job, history: list[JobTransition] | None = None) -> dict[str, Any]:
+    """A job as the JSON the CLI prints (and scripts read)."""
+    data: dict[str, Any] = {
+        "id": job.id, "name": job.name, "provider": job.provider, "base_model": job.base_model,
+        "method": job.method, "state": job.state, "provider_status": job.provider_status,
+        "provider_job_id": job.provider_job_id, "fine_tuned_model": job.fine_tuned_model,
+        "error": job.error, "labels": job.labels, "idempotency_key": job.idempotency_key,
+        "training_file_id": job.training_file_id,
+        "validation_file_id": job.validation_file_id, "result": job.result,
+        "attempts": job.attempts, "last_error": job.last_error,
+        "created_at": _iso(job.created_at), "updated_at": _iso(job.updated_at),
+        "finished_at": _iso(job.finished_at), "next_run_at": _iso(job.next_run_at),
+    }
+    if history is not None:
+        data["history"] = [
+            {"seq": t.seq, "from": t.from_state, "to": t.to_state,
+             "provider_status": t.provider_status, "reason": t.reason, "data": t.data,
+             "at": _iso(t.at)}
+            for t in history
+        ]
+    return data
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def submit(spec: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.")],
+           as_json: JsonFlag = False) -> None:
+    """Submit a job spec; the same idempotency key returns the existing job."""
+    settings = _settings()
+    engine = _engine(settings)
+    loaded = load_spec(spec)
+    result = job_ops.submit(engine, BlobStore(settings.blob_dir), loaded, source=str(spec))
+    if as_json:
+        _print_json({**job_json(result.job), "created": result.created})
+        return
+    verb = "submitted" if result.created else "already submitted (same idempotency key)"
+    out.print(f"{result.job.id} {verb}: {result.job.name} [{result.job.state}]")
+
+
+@app.command("jobs")
+def list_jobs(
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    provider: Annotated[str | None, typer.Option(help="Only jobs of this provider.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List jobs, newest first."""
+    engine = _engine(_settings())
+    with session_scope(engine) as session:
+        found = job_ops.list_jobs(session, state=state, provider=provider, limit=limit)
+    if as_json:
+        _print_json([job_json(j) for j in found])
+        return
+    table = Table("id", "name", "provider", "state", "provider status", "model", "created")
+    for j in found:
+        table.add_row(j.id, j.name, j.provider, j.state, j.provider_status or "",
+                      j.fine_tuned_model or "", j.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    out.print(table)
+
+
+@app.command()
+def show(job_id: Annotated[str, typer.Argument(help="Job id.")], as_json: JsonFlag = False) -> None:
+    """Show a job: state, provider status, model, and its transition history."""
+    engine = _engine(_settings())
+    with session_scope(engine) as session:
+        job = job_ops.get(session, job_id)
+        history = job_ops.history(session, job_id)
+    if as_json:
+        _print_json(job_json(job, history))
+        return
+    out.print(f"[bold]{job.id}[/bold] {job.name}: [bold]{job.state}[/bold]")
+    for label, value in (("provider", f"{job.provider} ({job.base_model}, {job.method})"),
+                         ("provider job", job.provider_job_id),
+                         ("provider status", job.provider_status),
+                         ("tuned model", job.fine_tuned_model), ("error", job.error),
+                         ("last error", job.last_error if job.state != "failed" else None)):
+        if value:
+            out.print(f"  {label}: {value}")
+    table = Table("seq", "at", "from", "to", "provider status", "reason")
+    for t in history:
+        table.add_row(str(t.seq), t.at.strftime("%H:%M:%S.%f")[:-3], t.from_state or "",
+                      t.to_state, t.provider_status or "", t.reason or "")
+    out.print(table)
+
+
+@app.command()
+def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Cancel a job (the provider job too, if one exists)."""
+    engine = _engine(_settings())
+    job = job_ops.cancel(engine, job_id)
+    out.print(f"{job.id}: {job.state}")
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the scheduler: re-drive every due job from the database."""
+    from orchestrator.scheduler import Scheduler
+    from workers.tasks import dispatch
+
+    settings = _settings()
+    stop = threading.Event()
+    Scheduler(settings, _engine(settings), dispatch).run(_stop_on_signals(stop))
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Parallel steps.")] = 4,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
+) -> None:
+    """Run a Celery worker that executes steps."""
+    settings = _settings()
+    _engine(settings)
+    _run_worker(pool, concurrency)
+
+
+@app.command()
+def up(concurrency: Annotated[int, typer.Option(min=1, help="Parallel steps.")] = 4) -> None:
+    """Run the scheduler and a worker in one process (the embedded default needs no servers)."""
+    from orchestrator.scheduler import Scheduler
+    from workers.tasks import dispatch
+
+    settings = _settings()
+    engine = _engine(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=Scheduler(settings, engine, dispatch).run, args=(stop,),
+                              name="scheduler", daemon=True)
+    thread.start()
+    try:
+        _run_worker("threads", concurrency)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _run_worker(pool: str, concurrency: int) -> None:
+    from workers.app import QUEUE, app as celery_app
+
+    celery_app.worker_main([
+        "worker", "--pool", pool, "--concurrency", str(concurrency), "--queues", QUEUE,
+        "--loglevel", get_settings().log_level.upper(), "--without-gossip", "--without-mingle",
+    ])
+
+
+def _stop_on_signals(stop: threading.Event) -> threading.Event:
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema to this version."""
+    from orchestrator.db.migrate import current_revision, upgrade
+
+    engine = _engine(_settings(), migrated=False)
+    upgrade(engine)
+    out.print(f"database at revision {current_revision(engine)}")
+
+
+@app.command()
+def emulator(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8765,
+    job_duration: Annotated[float, typer.Option(min=0, help="Seconds a job trains.")] = 3.0,
+    api_key: Annotated[str | None, typer.Option(help="Accept only this key.")] = None,
+) -> None:
+    """Serve the provider emulators (OpenAI at /v1)."""
+    from orchestrator.providers.openai.emulator import Scenario, serve
+
+    _settings()
+    out.print(f"OpenAI emulator on http://{host}:{port}/v1", highlight=False)
+    serve(host, port, Scenario(job_duration_s=job_duration), api_key=api_key)
+
+
+@app.command()
+def demo(
+    job_duration: Annotated[float, typer.Option(min=0, help="Seconds each job trains.")] = 4.0,
+    timeout: Annotated[float, typer.Option(min=10, help="Give up after this many seconds.")] = 180,
+) -> None:
+    """Start the emulator and the daemon, submit the example jobs, and watch them run."""
+    from orchestrator.demo import run_demo
+
+    raise typer.Exit(run_demo(out, job_duration=job_duration, timeout=timeout))
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning user errors into one line and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Settings: the only place environment variables and secret files are read.
+
+Every setting has the env prefix ``TUNECTL_`` except provider credentials, which use the
+variables each provider's own tools read (``OPENAI_API_KEY`` …). A credential may also be
+given as a file: ``<NAME>_FILE`` holding the path (Docker and Kubernetes secrets).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.errors import MissingCredential
+
+
+def default_data_dir() -> Path:
+    """Where the embedded default keeps its SQLite files and datasets."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tunectl"
+
+
+class Settings(BaseSettings):
+    """tunectl's configuration; see docs/configuration.md for the full table."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNECTL_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    broker_url: str = ""
+
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "TUNECTL_OPENAI_API_KEY")
+    )
+    openai_organization: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_ORG_ID", "TUNECTL_OPENAI_ORGANIZATION")
+    )
+    openai_project: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_PROJECT_ID", "TUNECTL_OPENAI_PROJECT")
+    )
+
+    http_timeout_s: float = 60.0
+    upload_timeout_s: float = 600.0
+    poll_interval_s: float = 30.0
+    scheduler_tick_s: float = 1.0
+    scheduler_batch: int = 500
+    lease_s: float = 900.0
+    max_attempts: int = 20
+    retry_base_s: float = 5.0
+    retry_cap_s: float = 1800.0
+    broker_visibility_timeout_s: int = 7200
+    log_format: str = "json"
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _derive_urls(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'tunectl.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if self.lease_s <= 0 or self.poll_interval_s <= 0 or self.scheduler_tick_s <= 0:
+            raise ValueError("lease_s, poll_interval_s and scheduler_tick_s must be positive")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        return self
+
+    @property
+    def blob_dir(self) -> Path:
+        """Content-addressed copies of submitted datasets."""
+        return self.data_dir / "blobs"
+
+    def credential(self, name: str) -> str:
+        """Return a provider credential by setting name, or raise MissingCredential."""
+        value: SecretStr | None = getattr(self, name)
+        if value is None:
+            env = name.upper().removeprefix("TUNECTL_")
+            file_var = f"{env}_FILE"
+            path = os.environ.get(file_var)
+            if path:
+                try:
+                    return Path(path).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise MissingCredential(
+                        f"{file_var}={path} cannot be read ({exc.strerror}); fix the path"
+                    ) from exc
+            raise MissingCredential(f"{env} is not set; export it or set {file_var} to a file")
+        return value.get_secret_value()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

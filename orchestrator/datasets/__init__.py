@@ -1,0 +1,1 @@
+"""Datasets: checks run before anything is uploaded."""

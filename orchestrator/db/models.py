@@ -1,0 +1,145 @@
+"""The tables: jobs, their append-only transition history, and uploaded provider files.
+
+The tables hold their own invariants as CHECK constraints, so that no code path (or a
+hand-written UPDATE from an operator) can leave a job half-terminal or half-leased.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from orchestrator.db.types import JSONDict, TZDateTime, utcnow
+from orchestrator.states import TERMINAL, State
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_STATES = ", ".join(f"'{s.value}'" for s in State)
+_TERMINAL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
+_BIGINT_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _tz(**kw: Any) -> Any:
+    return Field(sa_type=TZDateTime, **kw)
+
+
+class Job(SQLModel, table=True):
+    """One fine-tune job: its spec, where it is, and when the scheduler should look at it next."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.CheckConstraint(f"state IN ({_STATES})", name="state_known"),
+        sa.CheckConstraint(
+            f"(state IN ({_TERMINAL})) = (finished_at IS NOT NULL)", name="finished_iff_terminal"
+        ),
+        sa.CheckConstraint(
+            f"state NOT IN ({_TERMINAL}) OR (next_run_at IS NULL AND lease_owner IS NULL)",
+            name="terminal_is_idle",
+        ),
+        sa.CheckConstraint(
+            "(lease_owner IS NULL) = (lease_expires_at IS NULL)", name="lease_complete"
+        ),
+        sa.CheckConstraint("version >= 1 AND attempts >= 0", name="counters"),
+        # The scheduler's claim: due, unleased jobs in (next_run_at, id) order.
+        sa.Index(
+            "ix_jobs_due",
+            "next_run_at",
+            "id",
+            postgresql_where=sa.text("lease_owner IS NULL AND next_run_at IS NOT NULL"),
+            sqlite_where=sa.text("lease_owner IS NULL AND next_run_at IS NOT NULL"),
+        ),
+        # The rescuer: leases that may have expired.
+        sa.Index(
+            "ix_jobs_leased",
+            "lease_expires_at",
+            postgresql_where=sa.text("lease_owner IS NOT NULL"),
+            sqlite_where=sa.text("lease_owner IS NOT NULL"),
+        ),
+        sa.Index("ix_jobs_state_provider", "state", "provider"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=200)
+    provider: str = Field(max_length=40)
+    base_model: str = Field(max_length=200)
+    method: str = Field(max_length=20)
+    spec: dict[str, Any] = Field(sa_type=JSONDict)
+    spec_sha256: str = Field(max_length=64)
+    idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
+    labels: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDict)
+    training_blob: str = Field(max_length=64)
+    validation_blob: str | None = Field(default=None, max_length=64)
+
+    state: str = Field(default=State.QUEUED.value, max_length=20)
+    version: int = 1
+    provider_status: str | None = Field(default=None, max_length=60)
+    provider_job_id: str | None = Field(default=None, max_length=200)
+    training_file_id: str | None = Field(default=None, max_length=200)
+    validation_file_id: str | None = Field(default=None, max_length=200)
+    fine_tuned_model: str | None = Field(default=None, max_length=300)
+    result: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDict)
+    error: str | None = None
+
+    next_run_at: datetime | None = _tz(default=None)
+    lease_owner: str | None = Field(default=None, max_length=80)
+    lease_expires_at: datetime | None = _tz(default=None)
+    attempts: int = 0
+    last_error: str | None = None
+
+    created_at: datetime = _tz(default_factory=utcnow, index=True)
+    updated_at: datetime = _tz(default_factory=utcnow)
+    finished_at: datetime | None = _tz(default=None)
+
+
+class JobTransition(SQLModel, table=True):
+    """One state change of one job; append-only. ``seq`` is gapless per job and equals the
+    job's ``version`` right after the change."""
+
+    __tablename__ = "job_transitions"
+    __table_args__ = (sa.UniqueConstraint("job_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=_BIGINT_ID)
+    job_id: str = Field(foreign_key="jobs.id", max_length=40)
+    seq: int
+    from_state: str | None = Field(default=None, max_length=20)
+    to_state: str = Field(max_length=20)
+    provider_status: str | None = Field(default=None, max_length=60)
+    reason: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDict)
+    at: datetime = _tz(default_factory=utcnow)
+
+
+class ProviderFile(SQLModel, table=True):
+    """A dataset uploaded to one provider account, keyed by content hash (uploaded once).
+
+    A row without ``file_id`` is a claim: ``claimed_by`` is uploading it until ``claimed_until``.
+    """
+
+    __tablename__ = "provider_files"
+    __table_args__ = (
+        sa.UniqueConstraint("provider", "account", "sha256"),
+        sa.CheckConstraint(
+            "file_id IS NOT NULL OR (claimed_by IS NOT NULL AND claimed_until IS NOT NULL)",
+            name="uploaded_or_claimed",
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=_BIGINT_ID)
+    provider: str = Field(max_length=40)
+    account: str = Field(max_length=64)
+    sha256: str = Field(max_length=64)
+    bytes: int = Field(sa_type=sa.BigInteger)
+    file_id: str | None = Field(default=None, max_length=200)
+    claimed_by: str | None = Field(default=None, max_length=40)
+    claimed_until: datetime | None = _tz(default=None)
+    created_at: datetime = _tz(default_factory=utcnow)
+    uploaded_at: datetime | None = _tz(default=None)

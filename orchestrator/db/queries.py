@@ -1,0 +1,122 @@
+"""Every locking or multi-row statement, by name, each taking ``now`` so tests never sleep.
+
+Where PostgreSQL and SQLite need different text, both live under one name. SQLite has a
+single writer (tunectl opens every transaction with BEGIN IMMEDIATE), so it needs no row
+locks; PostgreSQL uses ``FOR UPDATE SKIP LOCKED`` so that concurrent schedulers split the
+due jobs between them instead of waiting on, or double-claiming, each other's rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, col
+
+from orchestrator.db.models import Job
+from orchestrator.db.types import TZDateTime
+
+_CLAIM_DUE_JOBS = {
+    # Served by the partial index ix_jobs_due (next_run_at, id) WHERE lease_owner IS NULL.
+    # MATERIALIZED fences the CTE: without it PostgreSQL may re-run the LIMIT subquery per
+    # row of the UPDATE and claim more rows than asked for.
+    "postgresql": """
+        WITH due AS MATERIALIZED (
+            SELECT id FROM jobs
+            WHERE lease_owner IS NULL AND next_run_at <= :now
+            ORDER BY next_run_at, id
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until, attempts = attempts + 1
+        WHERE id IN (SELECT id FROM due)
+        RETURNING id, state, version, attempts, last_error
+    """,
+    "sqlite": """
+        UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until, attempts = attempts + 1
+        WHERE id IN (
+            SELECT id FROM jobs
+            WHERE lease_owner IS NULL AND next_run_at <= :now
+            ORDER BY next_run_at, id
+            LIMIT :limit
+        )
+        RETURNING id, state, version, attempts, last_error
+    """,
+}
+
+_RESCUE_EXPIRED_LEASES = """
+    UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL,
+        last_error = 'the lease of ' || lease_owner || ' expired before its step finished'
+            || ' (worker lost or task message lost)'
+    WHERE lease_owner IS NOT NULL AND lease_expires_at < :now
+    RETURNING id, state, attempts
+"""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job the caller now holds the lease of."""
+
+    id: str
+    state: str
+    version: int
+    attempts: int
+    last_error: str | None
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def claim_due_jobs(
+    session: Session, *, owner: str, now: datetime, until: datetime, limit: int
+) -> list[Claimed]:
+    """Lease up to ``limit`` due, unleased jobs to ``owner`` until ``until``; count an attempt."""
+    stmt = sa.text(_CLAIM_DUE_JOBS[_dialect(session)]).bindparams(
+        sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime())
+    )
+    rows = session.connection().execute(
+        stmt, {"now": now, "until": until, "owner": owner, "limit": limit}
+    )
+    return [Claimed(*row) for row in rows]
+
+
+def rescue_expired_leases(session: Session, *, now: datetime) -> list[tuple[str, str, int]]:
+    """Free the leases that expired (their holder died or its message was lost).
+
+    Served by the partial index ix_jobs_leased. A freed job is claimable again at once;
+    the claim counts the attempt, so a job that keeps killing its worker fails in the end.
+    Returns (job id, state, attempts) for each rescued job.
+    """
+    stmt = sa.text(_RESCUE_EXPIRED_LEASES).bindparams(sa.bindparam("now", type_=TZDateTime()))
+    return [(r[0], r[1], r[2]) for r in session.connection().execute(stmt, {"now": now})]
+
+
+def release_lease(
+    session: Session,
+    job_id: str,
+    *,
+    lease: str,
+    next_run_at: datetime,
+    attempts: int | None = None,
+    last_error: str | None = None,
+    provider_status: str | None = None,
+) -> bool:
+    """Give the lease back and set when the job is next due; False if the lease was lost.
+
+    Lease tokens are unique per claim, and a cancel or a rescue clears the lease, so a step
+    whose job was cancelled or rescued meanwhile changes nothing.
+    """
+    values: dict[str, object] = {"lease_owner": None, "lease_expires_at": None,
+                                 "next_run_at": next_run_at, "last_error": last_error}
+    if attempts is not None:
+        values["attempts"] = attempts
+    if provider_status is not None:
+        values["provider_status"] = provider_status
+    result = session.connection().execute(
+        sa.update(Job)
+        .where(col(Job.id) == job_id, col(Job.lease_owner) == lease)
+        .values(**values)
+    )
+    return bool(result.rowcount)

@@ -1,0 +1,85 @@
+"""The only code that writes a job's state.
+
+A transition is a compare-and-set on the job's (state, version) plus an appended history
+row, in the caller's transaction. If the job is no longer where the caller thought, the
+UPDATE matches nothing, ``StaleTransition`` is raised, and nothing is written. The caller
+commits; rolling back undoes both the state change and its history row.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col
+
+from orchestrator.db.models import Job, JobTransition
+from orchestrator.db.types import utcnow
+from orchestrator.errors import IllegalTransition, StaleTransition
+from orchestrator.states import TERMINAL, State, can_move
+
+#: Job columns a transition may set besides the state itself.
+WRITABLE = frozenset({
+    "provider_status", "provider_job_id", "training_file_id", "validation_file_id",
+    "fine_tuned_model", "result", "error", "next_run_at", "lease_owner", "lease_expires_at",
+    "attempts", "last_error",
+})
+
+
+def insert_job(session: Session, job: Job, *, reason: str, now: datetime | None = None) -> None:
+    """Store a new job in ``queued`` with its first history row (seq 1)."""
+    now = now or utcnow()
+    job.state, job.version = State.QUEUED.value, 1
+    job.created_at = job.updated_at = now
+    job.next_run_at = now
+    session.add(job)
+    session.flush()
+    session.add(JobTransition(job_id=job.id, seq=1, from_state=None, to_state=State.QUEUED.value,
+                              reason=reason, at=now))
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    *,
+    source: State,
+    target: State,
+    version: int,
+    reason: str,
+    data: dict[str, Any] | None = None,
+    now: datetime | None = None,
+    **fields: Any,
+) -> int:
+    """Move ``job_id`` from ``source`` (at ``version``) to ``target``; return the new version.
+
+    Raises:
+        IllegalTransition: ``source → target`` is not in states.TRANSITIONS.
+        StaleTransition: the job is not in ``source`` at ``version`` any more.
+    """
+    if not can_move(source, target):
+        raise IllegalTransition(f"job {job_id}: {source} → {target} is not an allowed transition")
+    unknown = set(fields) - WRITABLE
+    if unknown:
+        raise ValueError(f"transition cannot set {sorted(unknown)}")
+    now = now or utcnow()
+    values: dict[str, Any] = {**fields, "state": target.value, "version": col(Job.version) + 1,
+                              "updated_at": now}
+    if target in TERMINAL:
+        values.update(finished_at=now, next_run_at=None, lease_owner=None, lease_expires_at=None)
+    new_version = session.exec(
+        sa.update(Job)
+        .where(col(Job.id) == job_id, col(Job.state) == source.value,
+               col(Job.version) == version)
+        .values(**values)
+        .returning(Job.version)
+    ).scalar_one_or_none()
+    if new_version is None:
+        raise StaleTransition(
+            f"job {job_id} is no longer {source} at version {version}; nothing was written"
+        )
+    session.add(JobTransition(
+        job_id=job_id, seq=new_version, from_state=source.value, to_state=target.value,
+        provider_status=fields.get("provider_status"), reason=reason, data=data or {}, at=now,
+    ))
+    return int(new_version)

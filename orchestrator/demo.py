@@ -1,0 +1,153 @@
+"""``tunectl demo``: the emulator, the daemon and the example jobs, watched live.
+
+Everything runs on the embedded default (SQLite + Celery's SQLAlchemy transport) in
+``<data dir>/demo``, which the demo wipes first: no servers, no keys, no cost.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from sqlmodel import col, select
+
+from orchestrator import jobs as job_ops
+from orchestrator.blobs import BlobStore
+from orchestrator.config import Settings
+from orchestrator.db.engine import make_engine, session_scope
+from orchestrator.db.models import Job, JobTransition
+from orchestrator.specs import load_spec
+from orchestrator.states import TERMINAL
+
+#: Each example spec and the state it should end in.
+EXAMPLES = {
+    "support-bot.yaml": "succeeded",
+    "tone-dpo.yaml": "succeeded",
+    "broken-dataset.yaml": "failed",
+    "provider-failure.yaml": "failed",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tunectl(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:
+        return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env,
+                                stdout=sink, stderr=sink)
+
+
+def _wait_for(url: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
+    """Run the demo; return 0 if every example ended as expected."""
+    settings = Settings()
+    home = settings.data_dir / "demo"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TUNECTL_") and k not in ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE")}
+    env.update(TUNECTL_DATA_DIR=str(home), TUNECTL_OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
+               OPENAI_API_KEY="sk-emulator-demo", TUNECTL_POLL_INTERVAL_S="0.5",
+               TUNECTL_SCHEDULER_TICK_S="0.2", TUNECTL_RETRY_BASE_S="0.5")
+    demo_settings = Settings(data_dir=home)
+    log = home / "daemon.log"
+    console.print(f"[bold]tunectl demo[/bold]: data in {home}, logs in {log}", highlight=False)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        children.append(_tunectl("emulator", "--port", str(port), "--job-duration",
+                                 str(job_duration), env=env, log=log))
+        deadline = time.monotonic() + 30
+        _wait_for(f"http://127.0.0.1:{port}/_emulator/stats", deadline)
+        console.print(f"OpenAI emulator listening on http://127.0.0.1:{port}/v1",
+                      highlight=False)
+        subprocess.run([sys.executable, "-m", "orchestrator.cli", "db", "upgrade"], env=env,
+                       check=True, stdout=subprocess.DEVNULL)
+        children.append(_tunectl("up", env=env, log=log))
+        console.print("daemon started (scheduler + worker, SQLite + SQLAlchemy broker)\n")
+        engine = make_engine(demo_settings.database_url)
+        blobs = BlobStore(demo_settings.blob_dir)
+        names: dict[str, str] = {}
+        for example in EXAMPLES:
+            path = Path(str(files("orchestrator.examples") / example))
+            job = job_ops.submit(engine, blobs, load_spec(path), source=example).job
+            names[job.id] = job.name
+            console.print(f"submitted [bold]{job.name}[/bold] as {job.id}", highlight=False)
+        console.print()
+        finished = _watch(console, engine, names, time.monotonic() + timeout)
+        with session_scope(engine) as session:
+            final = {j.name: j for j in session.exec(select(Job))}
+        _summary(console, list(final.values()))
+        if not finished:
+            console.print(f"[red]timed out after {timeout:.0f}s[/red]")
+            return 1
+        wrong = [n for n, j in final.items() if EXAMPLES[f"{n}.yaml"] != j.state]
+        for name in wrong:
+            console.print(f"[red]{name} ended {final[name].state}, expected "
+                          f"{EXAMPLES[name + '.yaml']}[/red]")
+        console.print(f"\nInspect: TUNECTL_DATA_DIR={home} tunectl show "
+                      f"{final['support-bot'].id}", highlight=False, soft_wrap=True)
+        return 1 if wrong else 0
+    finally:
+        for child in reversed(children):
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _watch(console: Console, engine: object, names: dict[str, str], deadline: float) -> bool:
+    """Print every transition as it is committed until all jobs are terminal."""
+    seen = 0
+    width = max(len(n) for n in names.values())
+    while time.monotonic() < deadline:
+        with session_scope(engine) as session:  # type: ignore[arg-type]
+            rows = list(session.exec(select(JobTransition).where(col(JobTransition.id) > seen)
+                                     .order_by(col(JobTransition.id))))
+            states = [j.state for j in session.exec(select(Job))]
+        for t in rows:
+            seen = max(seen, t.id or 0)
+            arrow = (f"{t.from_state or '':>10} → [bold]{t.to_state}[/bold]"
+                     if t.from_state != t.to_state else f"{'':>10}   {t.to_state}")
+            status = f" ({t.provider_status})" if t.provider_status else ""
+            console.print(f"{t.at:%H:%M:%S.%f}"[:-3] + f"  {names[t.job_id]:<{width}}  "
+                          f"{arrow}{escape(status)}  [dim]{escape(t.reason or '')}[/dim]",
+                          highlight=False)
+        if states and all(s in TERMINAL for s in states):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _summary(console: Console, jobs: list[Job]) -> None:
+    table = Table("job", "state", "tuned model / reason", title="Result")
+    for job in sorted(jobs, key=lambda j: j.created_at):
+        detail = job.fine_tuned_model or job.error or ""
+        table.add_row(job.name, job.state, escape(detail))
+    console.print()
+    console.print(table)

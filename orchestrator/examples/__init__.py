@@ -1,0 +1,1 @@
+"""Example job specs and datasets (used by `tunectl demo` and the docs)."""

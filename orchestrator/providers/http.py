@@ -1,0 +1,118 @@
+"""The one httpx client per process, and the translation of HTTP failures into ProviderError.
+
+Nothing outside ``providers/`` sees an httpx exception: ``send`` turns timeouts and network
+errors into ProviderUnavailable and classifies HTTP statuses as retryable (408, 409, 429,
+5xx) or permanent (the rest of 4xx), reading ``retry-after-ms`` before ``retry-after``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from orchestrator import __version__
+from orchestrator.config import Settings
+from orchestrator.errors import (
+    ProviderAuthError,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+)
+
+_RETRYABLE_STATUS = frozenset({408, 409})
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def shared_client(settings: Settings) -> httpx.Client:
+    """The process's httpx client (connection reuse; timeouts set; never reads proxy env)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx.Client(
+                timeout=httpx.Timeout(settings.http_timeout_s, connect=10.0),
+                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+                headers={"user-agent": f"tunectl/{__version__}"},
+                follow_redirects=False,
+            )
+        return _client
+
+
+def reset_shared_client() -> None:
+    """Drop the process's client (after a fork: connections must not be shared)."""
+    global _client
+    with _client_lock:
+        _client = None
+
+
+def retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | None:
+    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``retry-after``."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def classify(
+    response: httpx.Response, *, provider: str, operation: str, message: str,
+    request_id: str | None,
+) -> ProviderError:
+    """The ProviderError for a non-2xx ``response``."""
+    status = response.status_code
+    kwargs = {"provider": provider, "operation": operation, "status": status,
+              "request_id": request_id}
+    should_retry = response.headers.get("x-should-retry")
+    if status == 429:
+        return RateLimited(message, retry_after=retry_after(response.headers), **kwargs)
+    if should_retry == "true" or (should_retry != "false" and (
+            status in _RETRYABLE_STATUS or status >= 500)):
+        return ProviderUnavailable(message, retry_after=retry_after(response.headers), **kwargs)
+    if status in (401, 403):
+        return ProviderAuthError(message, **kwargs)
+    return ProviderRejected(message, **kwargs)
+
+
+def send(
+    client: httpx.Client,
+    request: httpx.Request,
+    *,
+    provider: str,
+    operation: str,
+    describe_error: Callable[[httpx.Response], tuple[str, str | None]],
+) -> httpx.Response:
+    """Send ``request``; return a 2xx response or raise the matching ProviderError.
+
+    ``describe_error`` reads a provider's error body into (message, request id).
+    """
+    try:
+        response = client.send(request)
+    except httpx.TimeoutException as exc:
+        raise ProviderUnavailable(f"timed out ({type(exc).__name__})", provider=provider,
+                                  operation=operation) from exc
+    except httpx.TransportError as exc:
+        raise ProviderUnavailable(f"cannot reach {request.url.host}: {exc}", provider=provider,
+                                  operation=operation) from exc
+    if response.is_success:
+        return response
+    message, request_id = describe_error(response)
+    raise classify(response, provider=provider, operation=operation, message=message,
+                   request_id=request_id)

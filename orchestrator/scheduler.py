@@ -1,0 +1,109 @@
+"""The scheduler: each tick frees expired leases, claims due jobs and sends their steps.
+
+The database is the truth and the broker only carries wake-ups: a step message that is
+lost (broker flushed, worker killed) leaves a lease that expires, and the next tick sends
+the step again. Any number of schedulers may run; the claim never hands a job to two.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+import structlog
+
+from orchestrator.config import Settings
+from orchestrator.db import queries
+from orchestrator.db.engine import session_scope
+from orchestrator.db.transition import transition
+from orchestrator.db.types import new_id, utcnow
+from orchestrator.errors import StaleTransition
+from orchestrator.states import STEP_FOR_STATE, State
+from orchestrator.steps.runner import Dispatch
+
+log = structlog.get_logger("tunectl.scheduler")
+
+
+@dataclass(frozen=True)
+class TickReport:
+    """What one tick did."""
+
+    rescued: int
+    dispatched: int
+    gave_up: int
+
+
+class Scheduler:
+    """Re-drives every job that is due, from the database."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine, dispatch: Dispatch,
+                 now: Callable[[], datetime] = utcnow) -> None:
+        self.settings, self.engine, self.dispatch, self.now = settings, engine, dispatch, now
+
+    def tick(self) -> TickReport:
+        """Rescue expired leases, then claim and dispatch due jobs in batches."""
+        now = self.now()
+        with session_scope(self.engine) as session:
+            rescued = queries.rescue_expired_leases(session, now=now)
+        for job_id, state, attempts in rescued:
+            log.warning("scheduler.lease_expired", job_id=job_id, state=state, attempts=attempts)
+        dispatched = gave_up = 0
+        while True:
+            lease = new_id("lease")
+            with session_scope(self.engine) as session:
+                claimed = queries.claim_due_jobs(
+                    session, owner=lease, now=now, limit=self.settings.scheduler_batch,
+                    until=now + timedelta(seconds=self.settings.lease_s))
+            for i, job in enumerate(claimed):
+                if job.attempts > self.settings.max_attempts:
+                    gave_up += self._give_up(job, now)
+                    continue
+                step = STEP_FOR_STATE[State(job.state)]
+                try:
+                    self.dispatch(step, job.id, lease)
+                except Exception as exc:
+                    # The broker is unreachable: free the batch's leases now rather than at
+                    # expiry, and end this tick; the next one tries again.
+                    log.error("scheduler.dispatch_failed", job_id=job.id, step=step,
+                              error=str(exc))
+                    self._release(claimed[i:], lease, now)
+                    return TickReport(len(rescued), dispatched, gave_up)
+                dispatched += 1
+            if len(claimed) < self.settings.scheduler_batch:
+                return TickReport(len(rescued), dispatched, gave_up)
+
+    def _release(self, jobs: list[queries.Claimed], lease: str, now: datetime) -> None:
+        with session_scope(self.engine) as session:
+            for job in jobs:
+                queries.release_lease(session, job.id, lease=lease, next_run_at=now,
+                                      attempts=job.attempts - 1, last_error=job.last_error)
+
+    def _give_up(self, job: queries.Claimed, now: datetime) -> int:
+        step = STEP_FOR_STATE[State(job.state)]
+        reason = (f"gave up after {job.attempts - 1} attempts at the {step} step; "
+                  f"last error: {job.last_error or 'none recorded'}")
+        try:
+            with session_scope(self.engine) as session:
+                transition(session, job.id, source=State(job.state), target=State.FAILED,
+                           version=job.version, reason=reason, error=reason, now=now)
+        except StaleTransition:
+            return 0
+        log.error("scheduler.gave_up", job_id=job.id, step=step, reason=reason)
+        return 1
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick every ``scheduler_tick_s`` until ``stop`` is set."""
+        log.info("scheduler.started", tick_s=self.settings.scheduler_tick_s)
+        while not stop.is_set():
+            try:
+                report = self.tick()
+                if report.rescued or report.dispatched or report.gave_up:
+                    log.info("scheduler.tick", rescued=report.rescued,
+                             dispatched=report.dispatched, gave_up=report.gave_up)
+            except sa.exc.OperationalError as exc:
+                log.error("scheduler.database_unavailable", error=str(exc).splitlines()[0])
+            stop.wait(self.settings.scheduler_tick_s)
+        log.info("scheduler.stopped")

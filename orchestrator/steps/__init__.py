@@ -1,0 +1,19 @@
+"""The lifecycle steps, by name: each reads a job, does one short piece of I/O, returns an
+outcome. ``runner.run_step`` is how a worker runs one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from orchestrator.db.models import Job
+from orchestrator.steps import cancel, finalize, poll, submit, upload, validate
+from orchestrator.steps.outcomes import Outcome, StepContext
+
+STEPS: dict[str, Callable[[Job, StepContext], Outcome]] = {
+    "validate": validate.run,
+    "upload": upload.run,
+    "submit": submit.run,
+    "poll": poll.run,
+    "finalize": finalize.run,
+    "cancel": cancel.run,
+}

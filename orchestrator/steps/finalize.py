@@ -1,0 +1,30 @@
+"""The finalize step: record how the provider job ended and what it produced."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.db.models import Job
+from orchestrator.providers.base import RemoteStatus
+from orchestrator.states import State
+from orchestrator.steps.outcomes import Advance, Outcome, StepContext, Wait
+
+
+def run(job: Job, ctx: StepContext) -> Outcome:
+    """Map the provider's final status to succeeded, failed or cancelled."""
+    assert job.provider_job_id is not None, "finalize runs only after submit"
+    remote = ctx.provider.get_job(job.provider_job_id)
+    fields: dict[str, Any] = {"provider_status": remote.provider_status}
+    if remote.status is RemoteStatus.SUCCEEDED:
+        result = {**remote.result, "model_ref": {"provider": job.provider,
+                                                 "model": remote.fine_tuned_model}}
+        return Advance(State.SUCCEEDED, reason=f"tuned model {remote.fine_tuned_model} is ready",
+                       fields={**fields, "fine_tuned_model": remote.fine_tuned_model,
+                               "result": result})
+    if remote.status is RemoteStatus.FAILED:
+        reason = f"provider failed the job: {remote.error}"
+        return Advance(State.FAILED, reason=reason, fields={**fields, "error": reason})
+    if remote.status is RemoteStatus.CANCELLED:
+        return Advance(State.CANCELLED, reason="provider job cancelled", fields=fields)
+    # The provider reopened the job (resumed after a pause, say): look again later.
+    return Wait(ctx.settings.poll_interval_s, provider_status=remote.provider_status)

@@ -1,0 +1,195 @@
+"""Running one step for one job: the lease check, the step, and applying its outcome.
+
+A step message carries (job id, lease token). If the job's lease is no longer that token,
+or its state is not one the step works, the message is a duplicate or stale delivery and
+nothing happens. Otherwise the step runs outside any transaction, and its outcome is
+written in one transaction guarded by the job's version (and, for waits, the lease), so a
+concurrent cancel or rescue makes a late outcome a no-op.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+import structlog
+
+from orchestrator.config import Settings
+from orchestrator.db import queries
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import Job
+from orchestrator.db.transition import transition
+from orchestrator.db.types import new_id, utcnow
+from orchestrator.errors import (
+    PermanentProviderError,
+    RetryableProviderError,
+    StaleTransition,
+    TunectlError,
+    UserError,
+)
+from orchestrator.providers import registry
+from orchestrator.states import STARTS, STEP_FOR_STATE, TERMINAL, State, can_move
+from orchestrator.steps import STEPS
+from orchestrator.steps.outcomes import Advance, Outcome, StepContext, Wait
+
+log = structlog.get_logger("tunectl.step")
+
+#: Sends a step message: (step name, job id, lease token).
+Dispatch = Callable[[str, str, str], None]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The step failed in a way worth trying again (the scheduler bounds the attempts)."""
+
+    delay_s: float
+    error: str
+
+
+def retry_delay(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with ±10 % jitter, never sooner than the provider asked."""
+    backoff = min(settings.retry_cap_s, settings.retry_base_s * 2 ** max(0, attempts - 1))
+    return max(retry_after or 0.0, backoff * random.uniform(0.9, 1.1))
+
+
+def run_step(
+    step: str,
+    job_id: str,
+    lease: str,
+    *,
+    settings: Settings,
+    engine: sa.Engine,
+    dispatch: Dispatch,
+    now: Callable[[], datetime] = utcnow,
+) -> str:
+    """Run ``step`` for ``job_id`` if this message still holds its lease; return what happened."""
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+    if job is None or job.lease_owner != lease or STEP_FOR_STATE.get(State(job.state)) != step:
+        log.info("step.skipped", job_id=job_id, step=step,
+                 why="lease not held or state moved on (duplicate or stale message)")
+        return "skipped"
+    with structlog.contextvars.bound_contextvars(job_id=job.id, step=step,
+                                                 provider=job.provider):
+        started = time.monotonic()
+        try:
+            job = _start(job, engine, now())
+            outcome = _attempt(job, step, settings, engine, now)
+            result = _apply(job, lease, outcome, settings, engine, dispatch, now())
+        except StaleTransition:
+            result = "stale"
+        log.info("step.finished", outcome=result, state=job.state,
+                 duration_ms=round((time.monotonic() - started) * 1000, 1),
+                 provider_status=job.provider_status)
+        return result
+
+
+def _start(job: Job, engine: sa.Engine, now: datetime) -> Job:
+    """Move a job from its waiting state to its working state (queued → validating)."""
+    state = State(job.state)
+    if state not in STARTS:
+        return job
+    with session_scope(engine) as session:
+        version = transition(session, job.id, source=state, target=STARTS[state],
+                             version=job.version, reason="picked up by a worker", now=now)
+    return job.model_copy(update={"state": STARTS[state].value, "version": version})
+
+
+def _attempt(job: Job, step: str, settings: Settings, engine: sa.Engine,
+             now: Callable[[], datetime]) -> Outcome | Retry:
+    """Run the step, turning errors into a failure (permanent) or a retry (transient)."""
+    try:
+        ctx = StepContext(settings=settings, engine=engine, plugin=registry.get(job.provider),
+                          now=now)
+        return STEPS[step](job, ctx)
+    except RetryableProviderError as exc:
+        log.warning("step.retryable_error", error=str(exc), retry_after=exc.retry_after)
+        return Retry(retry_delay(settings, job.attempts, exc.retry_after), str(exc))
+    except (PermanentProviderError, UserError) as exc:
+        return Advance(State.FAILED, reason=str(exc), fields={"error": str(exc)})
+    except StaleTransition:
+        raise
+    except Exception as exc:  # a bug or an unexpected failure: retry, bounded by the scheduler
+        log.exception("step.crashed")
+        return Retry(retry_delay(settings, job.attempts), f"{type(exc).__name__}: {exc}")
+
+
+def _apply(job: Job, lease: str, outcome: Outcome | Retry, settings: Settings,
+           engine: sa.Engine, dispatch: Dispatch, now: datetime) -> str:
+    state = State(job.state)
+    if isinstance(outcome, Advance):
+        return _advance(job, state, outcome, settings, engine, dispatch, now)
+    delay = outcome.delay_s
+    later = now + timedelta(seconds=delay)
+    with session_scope(engine) as session:
+        if isinstance(outcome, Retry):
+            held = queries.release_lease(session, job.id, lease=lease, next_run_at=later,
+                                         last_error=outcome.error)
+            return f"retry in {delay:.0f}s" if held else "stale"
+        status = outcome.provider_status
+        if status and status != job.provider_status and can_move(state, state):
+            transition(session, job.id, source=state, target=state, version=job.version,
+                       reason=f"provider status {status}", provider_status=status,
+                       next_run_at=later, lease_owner=None, lease_expires_at=None, attempts=0,
+                       last_error=None, now=now)
+            return "waiting"
+        held = queries.release_lease(session, job.id, lease=lease, next_run_at=later,
+                                     attempts=0, provider_status=status or job.provider_status)
+        return "waiting" if held else "stale"
+
+
+def _advance(job: Job, state: State, outcome: Advance, settings: Settings, engine: sa.Engine,
+             dispatch: Dispatch, now: datetime) -> str:
+    fields = dict(outcome.fields)
+    next_lease = None
+    if outcome.target not in TERMINAL:
+        next_lease = new_id("lease")
+        fields.update(lease_owner=next_lease,
+                      lease_expires_at=now + timedelta(seconds=settings.lease_s),
+                      next_run_at=now, attempts=1, last_error=None)
+    try:
+        with session_scope(engine) as session:
+            transition(session, job.id, source=state, target=outcome.target,
+                       version=job.version, reason=outcome.reason, data=outcome.data,
+                       now=now, **fields)
+    except StaleTransition:
+        _cancel_orphan(job, outcome, engine, settings)
+        raise
+    if next_lease is not None:
+        _dispatch_or_release(dispatch, STEP_FOR_STATE[outcome.target], job.id, next_lease,
+                             engine, now)
+    return outcome.target.value
+
+
+def _cancel_orphan(job: Job, outcome: Advance, engine: sa.Engine, settings: Settings) -> None:
+    """A user's cancel won the race against a step that created a provider job: cancel it."""
+    if outcome.cancel_remote is None:
+        return
+    with session_scope(engine) as session:
+        current = session.get(Job, job.id)
+    if current is None or current.state not in (State.CANCELLING, State.CANCELLED):
+        return
+    plugin = registry.get(job.provider)
+    ctx = StepContext(settings=settings, engine=engine, plugin=plugin, now=utcnow)
+    try:
+        ctx.provider.cancel_job(outcome.cancel_remote)
+        log.info("step.cancelled_orphan", provider_job_id=outcome.cancel_remote)
+    except TunectlError as exc:
+        log.warning("step.cancel_orphan_failed", provider_job_id=outcome.cancel_remote,
+                    error=str(exc))
+
+
+def _dispatch_or_release(dispatch: Dispatch, step: str, job_id: str, lease: str,
+                         engine: sa.Engine, now: datetime) -> None:
+    """Send the next step; if the broker is down, give the lease back for the scheduler."""
+    try:
+        dispatch(step, job_id, lease)
+    except Exception as exc:
+        log.warning("step.dispatch_failed", next_step=step, error=str(exc))
+        with session_scope(engine) as session:
+            queries.release_lease(session, job_id, lease=lease, next_run_at=now,
+                                  last_error=f"could not send the {step} step: {exc}")

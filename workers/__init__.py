@@ -1,0 +1,1 @@
+"""The Celery side of tunectl: the app and its thin step tasks."""

@@ -1,0 +1,68 @@
+"""The Celery app, configured so that no step message is lost.
+
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after
+  its step ran, and goes back to the queue if the worker process dies mid-step.
+- ``worker_prefetch_multiplier = 1``: a worker holds only the message it is running.
+- The broker's visibility timeout is longer than any step (steps are bounded by the lease),
+  so a slow step is never handed to a second worker while it runs.
+- Each step is bounded by ``task_time_limit`` = the lease, so no step outlives its lease.
+Even so, the broker only carries wake-ups: a lost message costs one lease, after which the
+scheduler sends the step again from the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+from orchestrator import log
+from orchestrator.config import get_settings
+from orchestrator.db.engine import get_engine
+from orchestrator.providers.http import reset_shared_client
+
+QUEUE = "tunectl"
+
+
+def create_app() -> Celery:
+    """Build the app from tunectl's settings."""
+    settings = get_settings()
+    app = Celery("tunectl", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=QUEUE,
+        task_time_limit=int(settings.lease_s),
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+    if settings.broker_url.startswith("sqla+"):
+        # kombu passes transport options to create_engine, so the SQLAlchemy transport's
+        # polling interval (1 s by default) can only be set on the class.
+        kombu_sqlalchemy.Transport.polling_interval = 0.05
+        app.conf.broker_transport_options = {}
+    return app
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    settings = get_settings()
+    log.configure(settings.log_format, settings.log_level)
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # Connections opened by the parent must not be shared with forked children.
+    get_engine(get_settings().database_url).dispose(close=False)
+    reset_shared_client()
+
+
+app = create_app()
