@@ -20,7 +20,7 @@ from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from orchestrator import log
 from orchestrator.config import get_settings
 from orchestrator.db.engine import get_engine
-from orchestrator.providers.http import reset_shared_client
+from orchestrator.providers.http import set_shared_client
 
 QUEUE = "tunectl"
 
@@ -62,7 +62,7 @@ def _setup_logging(**_: Any) -> None:
 def _after_fork(**_: Any) -> None:
     # Connections opened by the parent must not be shared with forked children.
     get_engine(get_settings().database_url).dispose(close=False)
-    reset_shared_client()
+    set_shared_client(None)
 
 
 app = create_app()

@@ -43,11 +43,12 @@ def shared_client(settings: Settings) -> httpx.Client:
         return _client
 
 
-def reset_shared_client() -> None:
-    """Drop the process's client (after a fork: connections must not be shared)."""
+def set_shared_client(client: httpx.Client | None) -> None:
+    """Replace the process's client: None after a fork (connections must not be shared),
+    or a client of the caller's (an in-process emulator in tests)."""
     global _client
     with _client_lock:
-        _client = None
+        _client = client
 
 
 def retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | None:

@@ -1,0 +1,131 @@
+"""Test helpers: a settable clock, an in-process OpenAI emulator, and a synchronous pump
+that runs dispatched steps the way a worker would (same runner, no broker)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from orchestrator import jobs as job_ops
+from orchestrator.blobs import BlobStore
+from orchestrator.config import Settings
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import Job, JobTransition
+from orchestrator.providers.http import set_shared_client
+from orchestrator.providers.openai.emulator import Scenario, create_app
+from orchestrator.scheduler import Scheduler
+from orchestrator.specs import JobSpec
+from orchestrator.steps.runner import run_step
+
+
+class Clock:
+    """A clock tests move by hand; serves both datetimes (engine) and epoch floats (emulator)."""
+
+    def __init__(self) -> None:
+        self.current = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.current
+
+    def epoch(self) -> float:
+        return self.current.timestamp()
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+@contextmanager
+def in_process_emulator(clock: Clock, scenario: Scenario | None = None) -> Iterator[TestClient]:
+    """The OpenAI emulator as the process's provider HTTP client (no sockets)."""
+    client = TestClient(create_app(scenario, clock=clock.epoch), base_url="http://emulator.test")
+    set_shared_client(client)
+    try:
+        yield client
+    finally:
+        set_shared_client(None)
+        client.close()
+
+
+def write_dataset(path: Path, examples: int = 12, *, method: str = "sft") -> Path:
+    """A valid dataset of ``examples`` lines."""
+    import json
+
+    lines = []
+    for i in range(examples):
+        if method == "dpo":
+            record: dict[str, Any] = {
+                "input": {"messages": [{"role": "user", "content": f"q{i}"}]},
+                "preferred_output": [{"role": "assistant", "content": f"good {i}"}],
+                "non_preferred_output": [{"role": "assistant", "content": f"bad {i}"}]}
+        else:
+            record = {"messages": [{"role": "user", "content": f"question {i}"},
+                                   {"role": "assistant", "content": f"answer {i}"}]}
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_spec(tmp: Path, **overrides: Any) -> JobSpec:
+    """A valid OpenAI SFT spec with its dataset in ``tmp``."""
+    data: dict[str, Any] = {
+        "name": "test-job", "provider": "openai", "base_model": "gpt-4o-mini-2024-07-18",
+        "training_file": write_dataset(tmp / "train.jsonl"),
+    }
+    data.update(overrides)
+    return JobSpec.model_validate(data)
+
+
+@dataclass
+class Pump:
+    """Runs the steps the runner and scheduler dispatch, synchronously, like one worker."""
+
+    settings: Settings
+    engine: sa.Engine
+    clock: Clock
+    sent: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def dispatch(self, step: str, job_id: str, lease: str) -> None:
+        self.sent.append((step, job_id, lease))
+
+    def submit(self, spec: JobSpec) -> Job:
+        blobs = BlobStore(self.settings.blob_dir)
+        return job_ops.submit(self.engine, blobs, spec, source="test", now=self.clock()).job
+
+    def scheduler(self) -> Scheduler:
+        return Scheduler(self.settings, self.engine, self.dispatch, now=self.clock)
+
+    def run_sent(self, limit: int = 100) -> list[str]:
+        """Run every queued step message (and those they send) in order."""
+        outcomes = []
+        while self.sent and limit:
+            step, job_id, lease = self.sent.pop(0)
+            outcomes.append(run_step(step, job_id, lease, settings=self.settings,
+                                     engine=self.engine, dispatch=self.dispatch, now=self.clock))
+            limit -= 1
+        return outcomes
+
+    def until_settled(self, job_id: str, *, step_s: float = 1.0, rounds: int = 200) -> Job:
+        """Tick the scheduler and run steps, advancing the clock, until the job is terminal."""
+        for _ in range(rounds):
+            self.scheduler().tick()
+            self.run_sent()
+            job = self.job(job_id)
+            if job.finished_at is not None:
+                return job
+            self.clock.advance(step_s)
+        raise AssertionError(f"job {job_id} still {self.job(job_id).state}")
+
+    def job(self, job_id: str) -> Job:
+        with session_scope(self.engine) as session:
+            return job_ops.get(session, job_id)
+
+    def history(self, job_id: str) -> list[JobTransition]:
+        with session_scope(self.engine) as session:
+            return job_ops.history(session, job_id)
