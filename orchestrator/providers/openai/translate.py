@@ -14,6 +14,7 @@ import httpx
 
 from orchestrator.errors import SpecError
 from orchestrator.providers.base import JobRequest, RemoteEvent, RemoteJob, RemoteStatus
+from orchestrator.providers.http import ErrorInfo
 from orchestrator.specs import JobSpec
 
 #: The metadata key that ties an OpenAI job to its tunectl job (how a retried submit finds it).
@@ -30,6 +31,8 @@ STATUS: dict[str, RemoteStatus] = {
     "cancelled": RemoteStatus.CANCELLED,
 }
 
+#: Error codes that no retry can fix, whatever the HTTP status (429 insufficient_quota).
+PERMANENT_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 _METHOD = {"sft": "supervised", "dpo": "dpo"}
 _INT_RANGES = {"n_epochs": (1, 50), "batch_size": (1, 256)}
 
@@ -126,13 +129,15 @@ def event(data: dict[str, Any]) -> RemoteEvent:
                        message=str(data.get("message", "")))
 
 
-def describe_error(response: httpx.Response) -> tuple[str, str | None]:
-    """(message, request id) of an OpenAI error response, whatever its body."""
+def describe_error(response: httpx.Response) -> ErrorInfo:
+    """What an OpenAI error response says, whatever its body."""
     request_id = response.headers.get("x-request-id")
     try:
         error = response.json().get("error") or {}
-        message = error.get("message") or response.reason_phrase
+        message = str(error.get("message") or response.reason_phrase)
         code = error.get("code")
-        return (f"{message} ({code})" if code else str(message)), request_id
     except (ValueError, AttributeError):
-        return (response.text[:200] or response.reason_phrase), request_id
+        return ErrorInfo(response.text[:200] or response.reason_phrase, request_id)
+    if code:
+        message = f"{message} ({code})"
+    return ErrorInfo(message, request_id, code, permanent=code in PERMANENT_CODES)
