@@ -190,7 +190,8 @@ def up(concurrency: Annotated[int, typer.Option(min=1, help="Parallel steps.")] 
 
 
 def _run_worker(pool: str, concurrency: int) -> None:
-    from workers.app import QUEUE, app as celery_app
+    from workers.app import QUEUE
+    from workers.app import app as celery_app
 
     celery_app.worker_main([
         "worker", "--pool", pool, "--concurrency", str(concurrency), "--queues", QUEUE,

@@ -18,8 +18,7 @@ from orchestrator.db.models import Job, JobTransition
 from orchestrator.db.transition import insert_job, transition
 from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import IdempotencyConflict, JobNotFound, StaleTransition, UserError
-from orchestrator.providers import registry
-from orchestrator.specs import JobSpec
+from orchestrator.specs import JobSpec, checked_plugin
 from orchestrator.states import CANCEL_DIRECTLY, CANCEL_REMOTELY, TERMINAL, State
 
 
@@ -39,8 +38,7 @@ def submit(engine: sa.Engine, blobs: BlobStore, spec: JobSpec, *, source: str,
     failed submit is harmless), then the job and its first history row are inserted in one
     transaction.
     """
-    plugin = registry.get(spec.provider)
-    plugin.check_spec(spec, source)
+    checked_plugin(spec, source)
     training_blob = blobs.put_file(spec.training_file)
     validation_blob = blobs.put_file(spec.validation_file) if spec.validation_file else None
     stored = spec.model_dump(mode="json", exclude={"training_file", "validation_file"})

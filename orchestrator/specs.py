@@ -11,12 +11,15 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.errors import SpecError
+if TYPE_CHECKING:
+    from orchestrator.providers.base import ProviderPlugin
+
+from orchestrator.errors import SpecError, UnknownProvider
 
 MAX_SPEC_BYTES = 1 << 20
 _LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9_.\-/]{0,62}$")
@@ -121,6 +124,18 @@ def load_spec(path: Path) -> JobSpec:
     return spec.model_copy(update=updates)
 
 
+def checked_plugin(spec: JobSpec, source: str) -> ProviderPlugin:
+    """The spec's provider plugin, after it checked the spec; raises SpecError."""
+    from orchestrator.providers import registry
+
+    try:
+        plugin = registry.get(spec.provider)
+    except UnknownProvider as exc:
+        raise SpecError(source, "provider", str(exc)) from None
+    plugin.check_spec(spec, source)
+    return plugin
+
+
 def parse_spec(data: Any, source: str, lines: dict[str, int] | None = None) -> JobSpec:
     """Validate already-parsed spec data (from a file, or later an API body)."""
     if not isinstance(data, dict):
@@ -223,7 +238,6 @@ def _check_nodes(node: yaml.Node, path: str, source: str, lines: dict[str, int],
             child = f"{path}.{i}"
             lines[child] = item.start_mark.line + 1
             _check_nodes(item, child, source, lines, seen)
-    elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:float":
-        if node.value.lower().lstrip("+-") in (".nan", ".inf"):
-            raise SpecError(f"{source}:{node.start_mark.line + 1}", path,
-                            "must be a finite number")
+    elif (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:float"
+          and node.value.lower().lstrip("+-") in (".nan", ".inf")):
+        raise SpecError(f"{source}:{node.start_mark.line + 1}", path, "must be a finite number")

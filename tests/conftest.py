@@ -40,8 +40,9 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated database for this test session, on the selected stack."""
     if STACK == "embedded":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'tunectl.db'}"
-        upgrade(make_engine(url))
+        _migrate(url)
         yield url
+        get_engine(url).dispose()
         return
     name = f"tunectl_test_{uuid.uuid4().hex[:12]}"
     admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
@@ -51,12 +52,18 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     except sa.exc.OperationalError as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}", pytrace=False)
     url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(False)
-    upgrade(make_engine(url))
+    _migrate(url)
     yield url
     get_engine(url).dispose()
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+def _migrate(url: str) -> None:
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

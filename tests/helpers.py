@@ -44,7 +44,8 @@ class Clock:
 @contextmanager
 def in_process_emulator(clock: Clock, scenario: Scenario | None = None) -> Iterator[TestClient]:
     """The OpenAI emulator as the process's provider HTTP client (no sockets)."""
-    client = TestClient(create_app(scenario, clock=clock.epoch), base_url="http://emulator.test")
+    client = TestClient(create_app(scenario, clock=clock.epoch), base_url="http://emulator.test",
+                        headers={"authorization": "Bearer sk-test-admin"})
     set_shared_client(client)
     try:
         yield client

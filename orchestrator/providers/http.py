@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import NamedTuple
 
 import httpx
 
@@ -73,15 +74,27 @@ def retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | 
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def classify(
-    response: httpx.Response, *, provider: str, operation: str, message: str,
-    request_id: str | None,
-) -> ProviderError:
+class ErrorInfo(NamedTuple):
+    """What a provider's error body says."""
+
+    message: str
+    request_id: str | None = None
+    #: The provider's machine-readable error code, if any.
+    code: str | None = None
+    #: The code means "stop retrying" whatever the status (e.g. OpenAI's insufficient_quota).
+    permanent: bool = False
+
+
+def classify(response: httpx.Response, *, provider: str, operation: str,
+             info: ErrorInfo) -> ProviderError:
     """The ProviderError for a non-2xx ``response``."""
     status = response.status_code
+    message = info.message
     kwargs = {"provider": provider, "operation": operation, "status": status,
-              "request_id": request_id}
+              "request_id": info.request_id}
     should_retry = response.headers.get("x-should-retry")
+    if info.permanent:
+        return ProviderRejected(message, **kwargs)
     if status == 429:
         return RateLimited(message, retry_after=retry_after(response.headers), **kwargs)
     if should_retry == "true" or (should_retry != "false" and (
@@ -98,11 +111,11 @@ def send(
     *,
     provider: str,
     operation: str,
-    describe_error: Callable[[httpx.Response], tuple[str, str | None]],
+    describe_error: Callable[[httpx.Response], ErrorInfo],
 ) -> httpx.Response:
     """Send ``request``; return a 2xx response or raise the matching ProviderError.
 
-    ``describe_error`` reads a provider's error body into (message, request id).
+    ``describe_error`` reads a provider's error body.
     """
     try:
         response = client.send(request)
@@ -114,6 +127,5 @@ def send(
                                   operation=operation) from exc
     if response.is_success:
         return response
-    message, request_id = describe_error(response)
-    raise classify(response, provider=provider, operation=operation, message=message,
-                   request_id=request_id)
+    raise classify(response, provider=provider, operation=operation,
+                   info=describe_error(response))

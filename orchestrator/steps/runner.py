@@ -34,7 +34,7 @@ from orchestrator.errors import (
 from orchestrator.providers import registry
 from orchestrator.states import STARTS, STEP_FOR_STATE, TERMINAL, State, can_move
 from orchestrator.steps import STEPS
-from orchestrator.steps.outcomes import Advance, Outcome, StepContext, Wait
+from orchestrator.steps.outcomes import Advance, Outcome, StepContext
 
 log = structlog.get_logger("tunectl.step")
 

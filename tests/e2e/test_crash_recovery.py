@@ -1,0 +1,153 @@
+"""Crash recovery with real processes: a worker SIGKILLed mid-request, and (production
+stack) Redis restarted with its data wiped.
+
+Each test runs the emulator, ``tunectl scheduler`` and ``tunectl worker`` as separate
+processes on the selected stack, with a 5 s lease so the scheduler re-drives a lost step
+within seconds. The invariants checked after every fault:
+
+- the job still reaches ``succeeded``;
+- its history (``tunectl show --json``) is gapless, seq 1..n, each row starting where the
+  previous one ended, through queued … succeeded;
+- the provider (listed with the official OpenAI SDK) holds exactly one training file with
+  the job's dataset and exactly one fine-tuning job tagged with the job's id.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tests.e2e.checks import (
+    assert_full_lifecycle,
+    assert_one_file_per_dataset,
+    assert_one_provider_job_each,
+    write_job,
+)
+from tests.e2e.processes import Proc, Stack, free_port, wait_until
+
+#: How long the emulator holds a response after doing the work (the worker dies meanwhile).
+HOLD_S = 4.0
+#: Bound on recovery: one lease (5 s) + scheduler tick + the rest of the lifecycle.
+RECOVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Where to kill the worker: while it waits on one step's request."""
+
+    state: str  # the job's state while the step runs
+    method: str
+    routes: str  # the emulator's latency filter (a regex on the path)
+    route: str  # the emulator's counter for that route
+    landed: str | None  # the stats counter that shows the request's side effect happened
+
+
+CRASHES = {
+    "upload": Crash("uploading", "POST", r"^/v1/files$", "POST /v1/files", "files"),
+    "submit": Crash("submitting", "POST", r"^/v1/fine_tuning/jobs$",
+                    "POST /v1/fine_tuning/jobs", "jobs"),
+    "poll": Crash("training", "GET", r"^/v1/fine_tuning/jobs/[^/]+$",
+                  "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}", None),
+}
+
+
+def lease_rescues(scheduler: Proc, job_id: str) -> int:
+    """How many times the scheduler freed this job's expired lease."""
+    return sum(1 for e in scheduler.log_events()
+               if e.get("event") == "scheduler.lease_expired" and e.get("job_id") == job_id)
+
+
+@pytest.mark.parametrize("step", list(CRASHES))
+def test_worker_killed_mid_request_recovers_without_duplicates(stack: Stack, step: str) -> None:
+    """SIGKILL of the worker while the step's request is in flight (its side effect done,
+    the response not yet read) costs one lease; the job then succeeds with one provider
+    file and one provider job."""
+    crash = CRASHES[step]
+    emulator = stack.start_emulator(job_duration=1.0)
+    scheduler = stack.start_scheduler()
+    worker = stack.start_worker()
+    emulator.set_scenario(latency={"seconds": HOLD_S, "routes": crash.routes,
+                                   "methods": [crash.method]})
+    spec, dataset = write_job(stack.tmp_path / "specs", f"crash-{step}")
+    job_id = stack.submit(spec)["id"]
+
+    wait_until(lambda: emulator.requests(crash.route) >= 1, timeout=30,
+               what=f"the {step} request to reach the emulator")
+    if crash.landed:
+        wait_until(lambda: emulator.stats()[crash.landed] >= 1, timeout=HOLD_S,
+                   what=f"the {step} request's side effect")
+    assert stack.job(job_id).state == crash.state, "the worker was not in the step under test"
+    worker.kill()
+    killed = time.monotonic()
+    emulator.set_scenario()  # no more latency
+    stack.start_worker()
+    stack.wait_for_state(job_id, {"succeeded"}, timeout=RECOVERY_S)
+    took = time.monotonic() - killed
+
+    shown = stack.show(job_id)
+    assert_full_lifecycle(shown["history"], job_id=job_id)
+    assert_one_file_per_dataset(emulator, [dataset])
+    assert_one_provider_job_each(emulator, [job_id])
+    assert lease_rescues(scheduler, job_id) >= 1, "recovered, but not through a lease rescue?"
+    print(f"{step}: killed mid-request, succeeded {took:.1f}s later, "
+          f"{len(shown['history'])} transitions")
+
+
+def start_redis(stack: Stack, port: int) -> Proc:
+    """A private, non-persistent redis-server (a restart starts it empty)."""
+    proc = stack.procs.start("redis", [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(stack.tmp_path)], stack.env())
+    proc.wait_for_output("Ready to accept connections", timeout=30)
+    return proc
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kill_worker", [False, True], ids=["worker-survives", "worker-killed"])
+def test_redis_restarted_empty_loses_no_job(stack: Stack, kill_worker: bool) -> None:
+    """Redis SIGKILLed with steps queued and in flight and restarted with no data: the
+    scheduler re-drives every job from the database after its lease expires, and every
+    job succeeds with one provider job (and each dataset uploaded once)."""
+    import redis
+
+    port = free_port()
+    stack.broker_url = f"redis://127.0.0.1:{port}/0"
+    broker = start_redis(stack, port)
+    emulator = stack.start_emulator(job_duration=1.0)
+    # Every provider call takes 0.5 s, so steps pile up in the queue and in the pool.
+    emulator.set_scenario(latency={"seconds": 0.5, "routes": r"^/v1/"})
+    stack.start_scheduler()
+    worker = stack.start_worker(concurrency=2)
+    jobs: dict[str, bytes] = {}
+    for i in range(6):
+        # Three datasets for six jobs: uploads are shared, so each must land exactly once.
+        spec, dataset = write_job(stack.tmp_path / "specs", f"wipe-{i}", token=f"ds{i % 3}")
+        jobs[stack.submit(spec)["id"]] = dataset
+
+    def in_flight() -> bool:
+        states = [stack.job(j).state for j in jobs]
+        return sum(s in ("uploading", "submitting", "training") for s in states) >= 2
+
+    wait_until(in_flight, timeout=30, what="steps in flight")
+    with redis.Redis(port=port) as client:
+        queued = client.llen("tunectl")
+    broker.kill()
+    if kill_worker:
+        worker.kill()
+    time.sleep(2)  # the scheduler and worker meet a dead broker meanwhile
+    start_redis(stack, port)
+    with redis.Redis(port=port) as client:
+        assert client.dbsize() == 0, "redis came back with data"
+    emulator.set_scenario()
+    if kill_worker:
+        stack.start_worker(concurrency=2)
+
+    for job_id in jobs:
+        stack.wait_for_state(job_id, {"succeeded"}, timeout=RECOVERY_S)
+    for job_id in jobs:
+        assert_full_lifecycle(stack.show(job_id)["history"], job_id=job_id)
+    assert_one_file_per_dataset(emulator, jobs.values())
+    assert_one_provider_job_each(emulator, jobs)
+    print(f"redis wiped with {queued} messages queued; all {len(jobs)} jobs succeeded")
