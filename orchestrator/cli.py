@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from orchestrator import jobs as job_ops
@@ -248,7 +247,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except UserError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        sys.stderr.write(f"error: {exc}\n")  # one line, never wrapped
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

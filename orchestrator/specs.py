@@ -7,6 +7,7 @@ Aliases, duplicate keys and non-finite numbers are refused: a spec is plain data
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -143,11 +144,17 @@ def parse_spec(data: Any, source: str, lines: dict[str, int] | None = None) -> J
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # An unknown field is usually a misspelt one: report it first, with a suggestion.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        err = errors[0]
         field = ".".join(str(p) for p in err["loc"])
         where = _with_line(source, lines or {}, field)
         reason = _reason(err)
-        more = len(exc.errors()) - 1
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            close = difflib.get_close_matches(str(err["loc"][0]), JobSpec.model_fields, n=1)
+            if close:
+                reason += f"; did you mean {close[0]!r}?"
+        more = len(errors) - 1
         if more:
             reason += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise SpecError(where, field, reason) from None

@@ -27,8 +27,10 @@ import sqlalchemy as sa
 from openai import OpenAI
 
 from orchestrator import jobs as job_ops
+from orchestrator.blobs import BlobStore
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Job
+from orchestrator.specs import load_spec
 from tests.conftest import API_KEY, REDIS_URL
 
 VENV_BIN = Path(sys.executable).parent
@@ -283,6 +285,11 @@ class Stack:
         """``tunectl submit SPEC --json``."""
         job: dict[str, Any] = json.loads(self.cli("submit", str(spec), "--json"))
         return job
+
+    def submit_in_process(self, spec: Path) -> str:
+        """Submit through ``orchestrator.jobs.submit`` (no CLI start-up: a burst at once)."""
+        blobs = BlobStore(self.data_dir / "blobs")
+        return job_ops.submit(self.engine, blobs, load_spec(spec), source=str(spec)).job.id
 
     def show(self, job_id: str) -> dict[str, Any]:
         """``tunectl show JOB --json`` (with ``history``)."""

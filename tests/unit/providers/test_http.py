@@ -1,0 +1,97 @@
+"""Provider HTTP errors become ProviderError subclasses, with retry hints read right."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from orchestrator.errors import (
+    ProviderAuthError,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+)
+from orchestrator.providers.http import ErrorInfo, retry_after, send
+
+
+def describe(response: httpx.Response) -> ErrorInfo:
+    return ErrorInfo("boom", response.headers.get("x-request-id"),
+                     permanent=response.headers.get("x-code") == "insufficient_quota")
+
+
+def call(status: int, headers: dict[str, str] | None = None,
+         raise_exc: Exception | None = None) -> httpx.Response:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if raise_exc:
+            raise raise_exc
+        return httpx.Response(status, headers=headers or {}, json={})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    return send(client, client.build_request("GET", "https://api.test/x"), provider="p",
+                operation="op", describe_error=describe)
+
+
+@pytest.mark.parametrize(("status", "headers", "error"), [
+    pytest.param(429, {}, RateLimited, id="429"),
+    pytest.param(408, {}, ProviderUnavailable, id="408"),
+    pytest.param(409, {}, ProviderUnavailable, id="409"),
+    pytest.param(500, {}, ProviderUnavailable, id="500"),
+    pytest.param(503, {}, ProviderUnavailable, id="503"),
+    pytest.param(401, {}, ProviderAuthError, id="401"),
+    pytest.param(403, {}, ProviderAuthError, id="403"),
+    pytest.param(400, {}, ProviderRejected, id="400"),
+    pytest.param(404, {}, ProviderRejected, id="404"),
+    pytest.param(422, {}, ProviderRejected, id="422"),
+    pytest.param(302, {"location": "https://elsewhere"}, ProviderRejected, id="redirect-not-followed"),
+    pytest.param(500, {"x-should-retry": "false"}, ProviderRejected, id="server-says-do-not-retry"),
+    pytest.param(400, {"x-should-retry": "true"}, ProviderUnavailable, id="server-says-retry"),
+    pytest.param(429, {"x-code": "insufficient_quota"}, ProviderRejected, id="quota-is-permanent"),
+])
+def test_statuses_are_classified(status: int, headers: dict[str, str], error: type) -> None:
+    with pytest.raises(error) as info:
+        call(status, headers)
+    assert info.value.status == status
+    assert info.value.retryable == (error in (RateLimited, ProviderUnavailable))
+
+
+@pytest.mark.parametrize("exc", [
+    pytest.param(httpx.ReadTimeout("slow"), id="timeout"),
+    pytest.param(httpx.ConnectError("refused"), id="connect"),
+    pytest.param(httpx.RemoteProtocolError("eof"), id="protocol"),
+])
+def test_transport_failures_are_retryable(exc: Exception) -> None:
+    with pytest.raises(ProviderUnavailable):
+        call(200, raise_exc=exc)
+
+
+def test_the_request_id_and_retry_after_travel_with_the_error() -> None:
+    with pytest.raises(RateLimited) as info:
+        call(429, {"x-request-id": "req_1", "retry-after-ms": "1500", "retry-after": "9"})
+    assert info.value.request_id == "req_1"
+    assert info.value.retry_after == 1.5
+    assert "op HTTP 429: boom (request req_1)" in str(info.value)
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    pytest.param({"retry-after-ms": "250"}, 0.25, id="ms-first"),
+    pytest.param({"retry-after": "7"}, 7.0, id="seconds"),
+    pytest.param({"retry-after": "Tue, 24 Nov 2026 12:00:30 GMT"}, 30.0, id="http-date"),
+    pytest.param({"retry-after": "soon"}, None, id="garbage"),
+    pytest.param({"retry-after": "-5"}, 0.0, id="negative"),
+    pytest.param({}, None, id="absent"),
+])
+def test_retry_after_parsing(headers: dict[str, str], expected: float | None) -> None:
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    assert retry_after(httpx.Headers(headers), now) == expected
+
+
+def test_provider_errors_survive_pickling() -> None:
+    import pickle
+
+    error = RateLimited("slow down", provider="openai", operation="op", status=429,
+                        request_id="r", retry_after=3.0)
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is RateLimited
+    assert (back.status, back.retry_after, str(back)) == (429, 3.0, str(error))

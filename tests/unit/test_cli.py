@@ -1,0 +1,119 @@
+"""The CLI as a user runs it: one-line errors with exit status 2, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import cli
+from orchestrator.config import get_settings
+from tests.helpers import write_dataset
+
+SPEC = """\
+name: cli-job
+provider: openai
+base_model: gpt-4o-mini-2024-07-18
+training_file: train.jsonl
+idempotency_key: cli-1
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TUNECTL_", "OPENAI_"))}
+    env = {**clean, "TUNECTL_DATA_DIR": str(tmp_path / "data"), "TUNECTL_LOG_LEVEL": "warning",
+           "COLUMNS": "200"}
+    for key in os.environ:
+        if key.startswith(("TUNECTL_", "OPENAI_")):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def tunectl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process as its console script would; return (status, out, err)."""
+    get_settings.cache_clear()
+    sys.argv = ["tunectl", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def spec_file(tmp_path: Path, text: str = SPEC) -> Path:
+    write_dataset(tmp_path / "train.jsonl")
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_console_script_refuses_an_unmigrated_database_with_the_fix(
+        env: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "jobs"], env=env,
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: database sqlite:///")
+    assert result.stderr.rstrip().endswith("run `tunectl db upgrade`")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_submit_show_jobs_cancel_round_trip_in_json(env: dict[str, str], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert tunectl(capsys, "db", "upgrade")[0] == 0
+    spec = str(spec_file(tmp_path))
+
+    first = json.loads(tunectl(capsys, "submit", spec, "--json")[1])
+    again = json.loads(tunectl(capsys, "submit", spec, "--json")[1])
+    listed = json.loads(tunectl(capsys, "jobs", "--json")[1])
+    cancelled = tunectl(capsys, "cancel", first["id"])[1]
+    shown = json.loads(tunectl(capsys, "show", first["id"], "--json")[1])
+
+    assert (first["created"], again["created"], again["id"]) == (True, False, first["id"])
+    assert [j["id"] for j in listed] == [first["id"]]
+    assert cancelled.strip() == f"{first['id']}: cancelled"
+    assert [(h["seq"], h["from"], h["to"]) for h in shown["history"]] == [
+        (1, None, "queued"), (2, "queued", "cancelled")]
+    assert shown["finished_at"] is not None
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    pytest.param(("show", "job_nope"), "error: no job 'job_nope'; `tunectl jobs` lists the jobs",
+                 id="unknown-job"),
+    pytest.param(("submit", "{spec}"), "error: {spec}:4: trainig_file: is not a known field "
+                 "(check the spelling; see docs/job-spec.md); did you mean 'training_file'? "
+                 "(and 1 more problem)", id="misspelt-field"),
+    pytest.param(("submit", "{missing}"),
+                 "error: {missing}: cannot read the spec (No such file or directory)",
+                 id="missing-spec"),
+])
+def test_user_errors_are_one_line_with_exit_status_2(env: dict[str, str], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     args: tuple[str, ...],
+                                                     expected: str) -> None:
+    tunectl(capsys, "db", "upgrade")
+    spec = spec_file(tmp_path, SPEC.replace("training_file", "trainig_file"))
+    names = {"spec": str(spec), "missing": str(tmp_path / "nope.yaml")}
+
+    code, _, err = tunectl(capsys, *(a.format(**names) for a in args))
+    assert code == 2
+    assert err == expected.format(**names) + "\n"
+
+
+def test_the_table_views_render(env: dict[str, str], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    tunectl(capsys, "db", "upgrade")
+    job_id = json.loads(tunectl(capsys, "submit", str(spec_file(tmp_path)), "--json")[1])["id"]
+
+    assert "cli-job" in tunectl(capsys, "jobs")[1]
+    shown = tunectl(capsys, "show", job_id)[1]
+    assert "queued" in shown and "submitted from" in shown

@@ -1,0 +1,70 @@
+"""Configuration: defaults, the TUNECTL_ prefix, and provider credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import Settings
+from orchestrator.errors import MissingCredential
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE", "TUNECTL_DATABASE_URL",
+                 "TUNECTL_BROKER_URL", "TUNECTL_DATA_DIR", "TUNECTL_OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_embedded_default_needs_no_servers(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    settings = Settings()
+
+    assert settings.data_dir == tmp_path / "tunectl"
+    assert settings.database_url == f"sqlite:///{tmp_path}/tunectl/tunectl.db"
+    assert settings.broker_url == f"sqla+sqlite:///{tmp_path}/tunectl/broker.db"
+    assert settings.openai_base_url == "https://api.openai.com/v1"
+
+
+def test_env_vars_with_the_prefix_configure_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNECTL_DATABASE_URL", "postgresql://pg/db")
+    monkeypatch.setenv("TUNECTL_BROKER_URL", "redis://r:6379/0")
+    monkeypatch.setenv("TUNECTL_OPENAI_BASE_URL", "http://proxy.internal/v1")
+    monkeypatch.setenv("TUNECTL_POLL_INTERVAL_S", "12.5")
+    settings = Settings()
+
+    assert (settings.database_url, settings.broker_url) == ("postgresql://pg/db",
+                                                            "redis://r:6379/0")
+    assert settings.openai_base_url == "http://proxy.internal/v1"
+    assert settings.poll_interval_s == 12.5
+
+
+def test_the_openai_key_comes_from_the_usual_variable_and_is_never_shown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-123456")
+    settings = Settings()
+
+    assert settings.credential("openai_api_key") == "sk-from-env-123456"
+    assert "sk-from-env" not in repr(settings)
+
+
+def test_a_key_file_works_and_a_missing_key_says_how_to_fix_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(MissingCredential, match="OPENAI_API_KEY is not set; export it or set "
+                       "OPENAI_API_KEY_FILE"):
+        Settings().credential("openai_api_key")
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file-123456\n")
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(key_file))
+    assert Settings().credential("openai_api_key") == "sk-from-file-123456"
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "absent"))
+    with pytest.raises(MissingCredential, match="cannot be read"):
+        Settings().credential("openai_api_key")
+
+
+def test_nonsense_timings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNECTL_LEASE_S", "0")
+    with pytest.raises(ValueError, match="must be positive"):
+        Settings()

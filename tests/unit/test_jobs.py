@@ -1,0 +1,74 @@
+"""Submit and cancel as every front door sees them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator import jobs as job_ops
+from orchestrator.blobs import BlobStore
+from orchestrator.config import Settings
+from orchestrator.db.engine import session_scope
+from orchestrator.errors import DatasetError, IdempotencyConflict, JobNotFound, UserError
+from tests.helpers import make_spec, write_dataset
+
+
+def submit(settings: Settings, engine: sa.Engine, spec: object) -> job_ops.Submitted:
+    return job_ops.submit(engine, BlobStore(settings.blob_dir), spec, source="s.yaml")  # type: ignore[arg-type]
+
+
+def count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one())
+
+
+class TestSubmit:
+    def test_the_dataset_is_snapshotted_so_later_edits_do_not_change_the_job(
+            self, settings: Settings, engine: sa.Engine, tmp_path: Path) -> None:
+        spec = make_spec(tmp_path)
+        job = submit(settings, engine, spec).job
+        original = (settings.blob_dir / job.training_blob[:2] / job.training_blob).read_bytes()
+        spec.training_file.write_text("changed\n")
+
+        assert BlobStore(settings.blob_dir).open_path(job.training_blob).read_bytes() == original
+
+    def test_the_same_idempotency_key_returns_the_existing_job(
+            self, settings: Settings, engine: sa.Engine, tmp_path: Path) -> None:
+        first = submit(settings, engine, make_spec(tmp_path, idempotency_key="k1"))
+        again = submit(settings, engine, make_spec(tmp_path, idempotency_key="k1"))
+
+        assert (first.created, again.created) == (True, False)
+        assert again.job.id == first.job.id
+        assert count(engine) == 1
+
+    def test_reusing_a_key_for_a_different_job_is_refused(
+            self, settings: Settings, engine: sa.Engine, tmp_path: Path) -> None:
+        submit(settings, engine, make_spec(tmp_path, idempotency_key="k1"))
+        other = write_dataset(tmp_path / "other.jsonl", examples=20)
+        with pytest.raises(IdempotencyConflict, match="already belongs to job"):
+            submit(settings, engine, make_spec(tmp_path, idempotency_key="k1",
+                                               training_file=other))
+        assert count(engine) == 1
+
+    def test_a_missing_dataset_is_a_user_error_and_nothing_is_written(
+            self, settings: Settings, engine: sa.Engine, tmp_path: Path) -> None:
+        spec = make_spec(tmp_path, training_file=tmp_path / "absent.jsonl")
+        with pytest.raises(DatasetError, match="absent.jsonl: cannot read the dataset"):
+            submit(settings, engine, spec)
+        assert count(engine) == 0
+
+
+class TestCancel:
+    def test_cancelling_a_finished_job_says_so(self, settings: Settings, engine: sa.Engine,
+                                               tmp_path: Path) -> None:
+        job = submit(settings, engine, make_spec(tmp_path)).job
+        job_ops.cancel(engine, job.id)
+        with pytest.raises(UserError, match="already cancelled"):
+            job_ops.cancel(engine, job.id)
+
+    def test_an_unknown_job_is_not_found(self, engine: sa.Engine) -> None:
+        with pytest.raises(JobNotFound, match="no job 'job_nope'"), \
+                session_scope(engine) as session:
+            job_ops.get(session, "job_nope")

@@ -1,0 +1,52 @@
+"""Secrets never reach a rendered log line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import structlog
+
+from orchestrator import log
+
+
+def rendered(fmt: str = "json") -> tuple[io.StringIO, structlog.stdlib.BoundLogger]:
+    stream = io.StringIO()
+    log.configure(fmt, "info", stream)
+    return stream, structlog.get_logger("t")
+
+
+def test_secret_keys_and_values_are_redacted_in_json_lines() -> None:
+    stream, logger = rendered()
+    with structlog.contextvars.bound_contextvars(job_id="job_1"):
+        logger.info("provider.call", api_key="sk-live-abcdef123456",
+                    headers={"Authorization": "Bearer abc.def", "x-request-id": "req_1"},
+                    note="key sk-proj-ZZZZ999999 and secret whsec_c2VjcmV0",
+                    url="postgresql://user:hunter2@db/x")
+    line = json.loads(stream.getvalue())
+
+    assert line["job_id"] == "job_1"
+    assert line["api_key"] == "[REDACTED]"
+    assert line["headers"] == {"Authorization": "[REDACTED]", "x-request-id": "req_1"}
+    assert line["note"] == "key [REDACTED] and secret [REDACTED]"
+    assert "hunter2" not in stream.getvalue()
+    assert line["url"] == "postgresql://[REDACTED]@db/x"
+
+
+def test_stdlib_loggers_and_tracebacks_are_redacted_too() -> None:
+    stream, _ = rendered()
+    try:
+        raise RuntimeError("failed with Bearer sk-secret-value-1")
+    except RuntimeError:
+        logging.getLogger("celery.worker").exception("task failed for sk-abcdefghijk")
+    text = stream.getvalue()
+
+    assert "sk-secret-value-1" not in text and "sk-abcdefghijk" not in text
+    assert json.loads(text)["logger"] == "celery.worker"
+
+
+def test_words_that_merely_contain_sk_are_left_alone() -> None:
+    stream, logger = rendered()
+    logger.info("x", note="task-1234567 and ask-me-anything")
+    assert json.loads(stream.getvalue())["note"] == "task-1234567 and ask-me-anything"

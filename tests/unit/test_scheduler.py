@@ -1,0 +1,84 @@
+"""The scheduler: claims, dispatches, rescues and gives up, from the database alone."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.config import Settings
+from orchestrator.scheduler import Scheduler
+from tests.helpers import Clock, Pump, make_spec
+
+
+@pytest.fixture
+def pump(settings: Settings, engine: sa.Engine) -> Pump:
+    return Pump(settings, engine, Clock())
+
+
+def test_due_jobs_are_dispatched_once_in_batches(pump: Pump, tmp_path: Path) -> None:
+    pump.settings.scheduler_batch = 3
+    ids = {pump.submit(make_spec(tmp_path, name=f"j{i}")).id for i in range(7)}
+
+    report = pump.scheduler().tick()
+    again = pump.scheduler().tick()
+
+    assert report.dispatched == 7 and again.dispatched == 0
+    assert {job_id for _, job_id, _ in pump.sent} == ids
+    assert {step for step, _, _ in pump.sent} == {"validate"}
+
+
+def test_a_broker_outage_frees_the_leases_at_once(pump: Pump, tmp_path: Path) -> None:
+    ids = [pump.submit(make_spec(tmp_path, name=f"j{i}")).id for i in range(3)]
+
+    def down(step: str, job_id: str, lease: str) -> None:
+        raise ConnectionError("broker unreachable")
+
+    report = Scheduler(pump.settings, pump.engine, down, now=pump.clock).tick()
+    assert report.dispatched == 0
+    for job_id in ids:
+        job = pump.job(job_id)
+        assert (job.lease_owner, job.attempts) == (None, 0)
+    assert pump.scheduler().tick().dispatched == 3
+
+
+def test_two_schedulers_never_dispatch_the_same_job(pump: Pump, tmp_path: Path) -> None:
+    pump.settings.scheduler_batch = 5
+    for i in range(60):
+        pump.submit(make_spec(tmp_path, name=f"j{i}"))
+    lock = threading.Lock()
+
+    def dispatch(step: str, job_id: str, lease: str) -> None:
+        with lock:
+            pump.sent.append((step, job_id, lease))
+
+    def run() -> None:
+        for _ in range(10):
+            Scheduler(pump.settings, pump.engine, dispatch, now=pump.clock).tick()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    job_ids = [job_id for _, job_id, _ in pump.sent]
+    assert len(job_ids) == len(set(job_ids)) == 60
+
+
+def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(pump: Pump,
+                                                                 tmp_path: Path) -> None:
+    job_id = pump.submit(make_spec(tmp_path)).id
+    for _ in range(pump.settings.max_attempts):
+        assert pump.scheduler().tick().dispatched == 1
+        pump.sent.clear()  # the worker dies: nothing ever runs the step
+        pump.clock.advance(pump.settings.lease_s + 1)
+    report = pump.scheduler().tick()
+
+    job = pump.job(job_id)
+    assert report.gave_up == 1 and job.state == "failed"
+    assert job.error is not None
+    assert job.error.startswith("gave up after 5 attempts at the validate step; last error: "
+                                "the lease of lease_")
+    assert "(worker lost or task message lost)" in job.error
