@@ -55,7 +55,7 @@ class TestSubmit:
     def test_a_missing_dataset_is_a_user_error_and_nothing_is_written(
             self, settings: Settings, engine: sa.Engine, tmp_path: Path) -> None:
         spec = make_spec(tmp_path, training_file=tmp_path / "absent.jsonl")
-        with pytest.raises(DatasetError, match="absent.jsonl: cannot read the dataset"):
+        with pytest.raises(DatasetError, match=r"absent\.jsonl: cannot read the dataset"):
             submit(settings, engine, spec)
         assert count(engine) == 0
 

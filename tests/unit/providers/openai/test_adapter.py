@@ -111,7 +111,8 @@ def test_a_success_that_is_not_json_is_retryable() -> None:
         client(http).get_job("ftjob-1")
 
 
-def test_an_unknown_status_is_logged_and_read_as_running(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_status_is_logged_and_read_as_running(
+        capsys: pytest.CaptureFixture[str]) -> None:
     from orchestrator import log
 
     log.configure("json", "info")

@@ -42,7 +42,8 @@ def test_job_bodies_validate_against_the_spec(method: str) -> None:
     pytest.param(None, "OpenAI reported the job failed without a reason", id="null"),
     pytest.param({"code": None, "message": None, "param": None},
                  "OpenAI reported the job failed without a reason", id="all-null-object"),
-    pytest.param({"code": "invalid_training_file", "message": "Line 3 bad", "param": "training_file"},
+    pytest.param({"code": "invalid_training_file", "message": "Line 3 bad",
+                  "param": "training_file"},
                  "invalid_training_file: Line 3 bad (param training_file)", id="full"),
 ])
 def test_failed_jobs_carry_a_one_line_reason(error: object, expected: str) -> None:
