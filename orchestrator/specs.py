@@ -26,6 +26,8 @@ MAX_SPEC_BYTES = 1 << 20
 _LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9_.\-/]{0,62}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,127}$")
 Hyperparameter = int | float | str
+NotifyEvent = Literal["succeeded", "failed", "cancelled", "deployed", "undeployed", "all"]
+DEFAULT_EVENTS: tuple[NotifyEvent, ...] = ("succeeded", "failed", "cancelled")
 
 
 class DeployOptions(BaseModel):
@@ -45,9 +47,8 @@ class NotifyTarget(BaseModel):
     url: str = Field(pattern=r"^https?://[^\s/@]+(/\S*)?$", max_length=2000)
     #: Name of the signing secret (an environment variable or secret file), never the secret.
     secret: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-    events: list[Literal["succeeded", "failed", "cancelled", "deployed", "undeployed", "all"]] = (
-        Field(default_factory=lambda: ["succeeded", "failed", "cancelled"], min_length=1)
-    )
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(DEFAULT_EVENTS), min_length=1)
 
 
 class JobSpec(BaseModel):
@@ -114,7 +115,7 @@ def load_spec(path: Path) -> JobSpec:
     except UnicodeDecodeError as exc:
         raise SpecError(source, "", f"not UTF-8 (byte {exc.start}); save it as UTF-8") from exc
     if path.suffix.lower() == ".json":
-        data, lines = _parse_json(text, source), {}
+        data, lines = _parse_json(text, source), dict[str, int]()
     else:
         data, lines = _parse_yaml(text, source)
     spec = parse_spec(data, source, lines)
@@ -161,14 +162,14 @@ def parse_spec(data: Any, source: str, lines: dict[str, int] | None = None) -> J
 
 
 def _reason(err: Any) -> str:
-    kind, msg = err["type"], err["msg"]
+    kind, msg = err["type"], str(err["msg"])
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
         return "is not a known field (check the spelling; see docs/job-spec.md)"
     if kind == "literal_error":
         return msg.replace("Input should be", "must be")
-    return str(msg).removeprefix("Value error, ").replace("Input should", "must")
+    return msg.removeprefix("Value error, ").replace("Input should", "must")
 
 
 def _with_line(source: str, lines: dict[str, int], field: str) -> str:

@@ -52,13 +52,13 @@ def create_app() -> Celery:
     return app
 
 
-@signals.setup_logging.connect
+@signals.setup_logging.connect  # type: ignore[untyped-decorator]
 def _setup_logging(**_: Any) -> None:
     settings = get_settings()
     log.configure(settings.log_format, settings.log_level)
 
 
-@signals.worker_process_init.connect
+@signals.worker_process_init.connect  # type: ignore[untyped-decorator]
 def _after_fork(**_: Any) -> None:
     # Connections opened by the parent must not be shared with forked children.
     get_engine(get_settings().database_url).dispose(close=False)

@@ -72,7 +72,7 @@ def transition(
         .where(col(Job.id) == job_id, col(Job.state) == source.value,
                col(Job.version) == version)
         .values(**values)
-        .returning(Job.version)
+        .returning(col(Job.version))
     ).scalar_one_or_none()
     if new_version is None:
         raise StaleTransition(

@@ -89,20 +89,22 @@ def classify(response: httpx.Response, *, provider: str, operation: str,
              info: ErrorInfo) -> ProviderError:
     """The ProviderError for a non-2xx ``response``."""
     status = response.status_code
-    message = info.message
-    kwargs = {"provider": provider, "operation": operation, "status": status,
-              "request_id": info.request_id}
     should_retry = response.headers.get("x-should-retry")
+    cls: type[ProviderError]
     if info.permanent:
-        return ProviderRejected(message, **kwargs)
-    if status == 429:
-        return RateLimited(message, retry_after=retry_after(response.headers), **kwargs)
-    if should_retry == "true" or (should_retry != "false" and (
+        cls = ProviderRejected
+    elif status == 429:
+        cls = RateLimited
+    elif should_retry == "true" or (should_retry != "false" and (
             status in _RETRYABLE_STATUS or status >= 500)):
-        return ProviderUnavailable(message, retry_after=retry_after(response.headers), **kwargs)
-    if status in (401, 403):
-        return ProviderAuthError(message, **kwargs)
-    return ProviderRejected(message, **kwargs)
+        cls = ProviderUnavailable
+    elif status in (401, 403):
+        cls = ProviderAuthError
+    else:
+        cls = ProviderRejected
+    return cls(info.message, provider=provider, operation=operation, status=status,
+               request_id=info.request_id,
+               retry_after=retry_after(response.headers) if cls.retryable else None)
 
 
 def send(

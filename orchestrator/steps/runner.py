@@ -53,7 +53,7 @@ class Retry:
 def retry_delay(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
     """Exponential backoff with ±10 % jitter, never sooner than the provider asked."""
     backoff = min(settings.retry_cap_s, settings.retry_base_s * 2 ** max(0, attempts - 1))
-    return max(retry_after or 0.0, backoff * random.uniform(0.9, 1.1))
+    return float(max(retry_after or 0.0, backoff * random.uniform(0.9, 1.1)))
 
 
 def run_step(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from alembic import context
@@ -12,7 +12,7 @@ import orchestrator.db.models  # noqa: F401  (registers the tables)
 from orchestrator.db.types import TZDateTime
 
 
-def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+def render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
     """Render tunectl's column types as plain SQLAlchemy, so migrations never import app code."""
     if type_ != "type":
         return False
