@@ -118,7 +118,7 @@ def test_redis_restarted_empty_loses_no_job(stack: Stack, kill_worker: bool) -> 
     emulator = stack.start_emulator(job_duration=1.0)
     # Every provider call takes 0.5 s, so steps pile up in the queue and in the pool.
     emulator.set_scenario(latency={"seconds": 0.5, "routes": r"^/v1/"})
-    stack.start_scheduler()
+    scheduler = stack.start_scheduler()
     worker = stack.start_worker(concurrency=2)
     jobs: dict[str, bytes] = {}
     for i in range(6):
@@ -150,4 +150,7 @@ def test_redis_restarted_empty_loses_no_job(stack: Stack, kill_worker: bool) -> 
         assert_full_lifecycle(stack.show(job_id)["history"], job_id=job_id)
     assert_one_file_per_dataset(emulator, jobs.values())
     assert_one_provider_job_each(emulator, jobs)
-    print(f"redis wiped with {queued} messages queued; all {len(jobs)} jobs succeeded")
+    rescued = sum(lease_rescues(scheduler, job_id) for job_id in jobs)
+    assert rescued >= 1, "no lease was rescued: the wipe lost no step message?"
+    print(f"redis wiped with {queued} messages queued; all {len(jobs)} jobs succeeded "
+          f"after {rescued} lease rescues")
