@@ -105,5 +105,7 @@ class Scheduler:
                              dispatched=report.dispatched, gave_up=report.gave_up)
             except sa.exc.OperationalError as exc:
                 log.error("scheduler.database_unavailable", error=str(exc).splitlines()[0])
+            except Exception:  # a bug must not stop the loop that re-drives every job
+                log.exception("scheduler.tick_failed")
             stop.wait(self.settings.scheduler_tick_s)
         log.info("scheduler.stopped")
