@@ -21,6 +21,7 @@ from orchestrator import jobs as job_ops
 from orchestrator import log
 from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings, get_settings
+from orchestrator.datasets.cli import app as dataset_app
 from orchestrator.db.engine import check_migrated, get_engine, session_scope
 from orchestrator.db.models import Job, JobTransition
 from orchestrator.errors import UserError
@@ -30,6 +31,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Run LLM fine-tune jobs across providers, durably.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
+app.add_typer(dataset_app, name="dataset")
 out = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -60,7 +62,7 @@ def job_json(job: Job, history: list[JobTransition] | None = None) -> dict[str, 
         "error": job.error, "labels": job.labels, "idempotency_key": job.idempotency_key,
         "training_file_id": job.training_file_id,
         "validation_file_id": job.validation_file_id, "result": job.result,
-        "attempts": job.attempts, "last_error": job.last_error,
+        "dataset": job.dataset, "attempts": job.attempts, "last_error": job.last_error,
         "created_at": _iso(job.created_at), "updated_at": _iso(job.updated_at),
         "finished_at": _iso(job.finished_at), "next_run_at": _iso(job.next_run_at),
     }
@@ -243,23 +245,15 @@ def demo(
 
 
 def main() -> None:
-    """Entry point: run the CLI, turning user errors into one line and exit status 2."""
+    """Entry point: run the CLI, turning user errors into one line and exit status 2.
+
+    Click handles usage errors itself (exit 2) and lets every other exception through.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")  # one line, never wrapped
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        sys.exit(130)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ class JobSpec(BaseModel):
     labels: dict[str, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict,
                                                                      max_length=32)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    #: Fail the job at validation when the estimated training cost is over this (US dollars).
+    max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @field_validator("name")
     @classmethod

@@ -87,6 +87,9 @@ class Job(SQLModel, table=True):
     validation_file_id: str | None = Field(default=None, max_length=200)
     fine_tuned_model: str | None = Field(default=None, max_length=300)
     result: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDict)
+    #: The validate step's dataset summary (examples, token statistics, billed tokens,
+    #: estimated cost, warnings) for dashboards; null until the datasets are validated.
+    dataset: dict[str, Any] | None = Field(default=None, sa_type=JSONDict)
     error: str | None = None
 
     next_run_at: datetime | None = _tz(default=None)

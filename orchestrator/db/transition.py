@@ -21,7 +21,7 @@ from orchestrator.states import TERMINAL, State, can_move
 
 #: Job columns a transition may set besides the state itself.
 WRITABLE = frozenset({
-    "provider_status", "provider_job_id", "training_file_id", "validation_file_id",
+    "dataset", "provider_status", "provider_job_id", "training_file_id", "validation_file_id",
     "fine_tuned_model", "result", "error", "next_run_at", "lease_owner", "lease_expires_at",
     "attempts", "last_error",
 })

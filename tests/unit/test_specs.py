@@ -78,6 +78,12 @@ class TestLoad:
                  id="unknown-provider"),
     pytest.param(GOOD + "deploy: {capacity: 1}\n",
                  "deploy: OpenAI serves tuned models without a deployment", id="deploy-on-openai"),
+    pytest.param(GOOD + "max_cost_usd: 0\n", "max_cost_usd: must be greater than 0",
+                 id="zero-budget"),
+    pytest.param(GOOD + "max_cost_usd: .inf\n", "max_cost_usd: must be a finite number",
+                 id="infinite-budget"),
+    pytest.param(GOOD + "max_cost_usd: lots\n", "max_cost_usd: must be a valid number",
+                 id="text-budget"),
     pytest.param(GOOD.replace("name: support-bot", "name: '../../etc'"),
                  "name: must be 1-128 letters", id="bad-name"),
 ])

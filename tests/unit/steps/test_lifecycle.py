@@ -76,10 +76,46 @@ class TestDpoAndValidation:
             stats = emulator.get("/_emulator/stats").json()
 
         assert done.state == "failed"
-        assert done.error == ("training_file:1: an SFT example needs at least one assistant "
-                              "message to learn from")
+        assert done.error == (
+            "training_file:1: the example has no assistant message, so there is nothing to "
+            'learn; add the reply as {"role": "assistant", "content": "..."} '
+            "[no_assistant_message] | training_file:2 [no_assistant_message] | "
+            "training_file:3 [no_assistant_message] (+10 more errors)")
         assert states(pump, job.id) == ["queued", "validating", "failed"]
         assert stats["files"] == 0
+
+
+    def test_a_job_over_its_budget_fails_at_validation_with_the_estimate(
+            self, pump: Pump, clock: Clock, tmp_path: Path) -> None:
+        """12 small examples x 3 epochs at $3/1M cost about $0.0016; a $0.001 budget stops it."""
+        with in_process_emulator(clock) as emulator:
+            spec = make_spec(tmp_path, max_cost_usd=0.001, hyperparameters={"n_epochs": 3})
+            done = pump.until_settled(pump.submit(spec).id)
+            stats = emulator.get("/_emulator/stats").json()
+
+        assert done.state == "failed"
+        assert states(pump, done.id) == ["queued", "validating", "failed"]
+        reason = pump.history(done.id)[-1].reason or ""
+        assert reason.startswith("training_file: estimated training cost $0.00")
+        assert "x 3 epochs, at $3.00 per 1M for gpt-4o-mini-2024-07-18" in reason
+        assert "is over max_cost_usd $0.001" in reason
+        assert stats["files"] == 0
+
+    def test_a_valid_dataset_puts_its_summary_on_the_job_and_in_history(
+            self, pump: Pump, clock: Clock, tmp_path: Path) -> None:
+        with in_process_emulator(clock, Scenario(job_duration_s=2)):
+            spec = make_spec(tmp_path, max_cost_usd=5, hyperparameters={"n_epochs": 2})
+            done = pump.until_settled(pump.submit(spec).id)
+
+        assert done.state == "succeeded"
+        assert done.dataset is not None
+        training = done.dataset["training"]
+        assert training["examples"] == 12 and training["epochs"] == 2
+        assert training["billed_tokens"] == 2 * training["tokens"]["total"]
+        assert 0 < done.dataset["estimated_cost_usd"] < 5
+        validated = next(t for t in pump.history(done.id) if t.from_state == "validating")
+        assert validated.data == done.dataset
+        assert validated.reason is not None and "12 training examples" in validated.reason
 
 
 class TestProviderOutcomes:
