@@ -41,10 +41,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
-def e2e_broker_url(tmp_path: Path) -> str:
-    """A broker nobody else uses: a per-test SQLite file, or Redis DB 11 flushed per test."""
+def e2e_broker_url(tmp_path: Path) -> Iterator[str]:
+    """A broker nobody else uses: a per-test SQLite file, or Redis DB 11 flushed around
+    each test."""
     if STACK == "embedded":
-        return f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+        yield f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+        return
     import redis
 
     try:
@@ -52,7 +54,9 @@ def e2e_broker_url(tmp_path: Path) -> str:
             client.flushdb()
     except redis.ConnectionError as exc:
         pytest.fail(f"Redis is not reachable at {E2E_REDIS_URL}: {exc}", pytrace=False)
-    return E2E_REDIS_URL
+    yield E2E_REDIS_URL
+    with redis.Redis.from_url(E2E_REDIS_URL) as client:
+        client.flushdb()
 
 
 @pytest.fixture

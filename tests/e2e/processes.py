@@ -96,6 +96,18 @@ class Proc:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
 
+    def children(self) -> list[int]:
+        """PIDs of the main process's direct children (a prefork worker's pool)."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.pid:
+                found.append(int(stat.parent.name))
+        return found
+
     def kill(self) -> None:
         """SIGKILL the process group and reap the main process."""
         self.signal_group(signal.SIGKILL)

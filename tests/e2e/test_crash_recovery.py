@@ -14,6 +14,8 @@ within seconds. The invariants checked after every fault:
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -25,12 +27,14 @@ from tests.e2e.checks import (
     assert_one_provider_job_each,
     write_job,
 )
-from tests.e2e.processes import Proc, Stack, free_port, wait_until
+from tests.e2e.processes import Emulator, Proc, Stack, free_port, wait_until
 
 #: How long the emulator holds a response after doing the work (the worker dies meanwhile).
 HOLD_S = 4.0
 #: Bound on recovery: one lease (5 s) + scheduler tick + the rest of the lifecycle.
 RECOVERY_S = 60.0
+#: Lease for the pool-child test: longer than Celery's worker_lost_wait (10 s).
+CHILD_LEASE_S = 30
 
 
 @dataclass(frozen=True)
@@ -59,40 +63,89 @@ def lease_rescues(scheduler: Proc, job_id: str) -> int:
                if e.get("event") == "scheduler.lease_expired" and e.get("job_id") == job_id)
 
 
-@pytest.mark.parametrize("step", list(CRASHES))
-def test_worker_killed_mid_request_recovers_without_duplicates(stack: Stack, step: str) -> None:
-    """SIGKILL of the worker while the step's request is in flight (its side effect done,
-    the response not yet read) costs one lease; the job then succeeds with one provider
-    file and one provider job."""
+@dataclass
+class MidRequest:
+    """A job whose worker is blocked in one step's request (side effect already done)."""
+
+    emulator: Emulator
+    scheduler: Proc
+    worker: Proc
+    job_id: str
+    dataset: bytes
+
+
+def catch_mid_request(stack: Stack, step: str, *, concurrency: int) -> MidRequest:
+    """Start the processes, hold the step's response at the emulator, submit a job, and
+    return once the request has arrived and (for upload and submit) its side effect
+    happened: the worker is waiting for a response it will never read."""
     crash = CRASHES[step]
     emulator = stack.start_emulator(job_duration=1.0)
     scheduler = stack.start_scheduler()
-    worker = stack.start_worker()
+    worker = stack.start_worker(concurrency=concurrency)
     emulator.set_scenario(latency={"seconds": HOLD_S, "routes": crash.routes,
                                    "methods": [crash.method]})
     spec, dataset = write_job(stack.tmp_path / "specs", f"crash-{step}")
     job_id = stack.submit(spec)["id"]
-
     wait_until(lambda: emulator.requests(crash.route) >= 1, timeout=30,
                what=f"the {step} request to reach the emulator")
     if crash.landed:
         wait_until(lambda: emulator.stats()[crash.landed] >= 1, timeout=HOLD_S,
                    what=f"the {step} request's side effect")
     assert stack.job(job_id).state == crash.state, "the worker was not in the step under test"
-    worker.kill()
-    killed = time.monotonic()
-    emulator.set_scenario()  # no more latency
-    stack.start_worker()
-    stack.wait_for_state(job_id, {"succeeded"}, timeout=RECOVERY_S)
-    took = time.monotonic() - killed
+    return MidRequest(emulator, scheduler, worker, job_id, dataset)
 
-    shown = stack.show(job_id)
-    assert_full_lifecycle(shown["history"], job_id=job_id)
-    assert_one_file_per_dataset(emulator, [dataset])
-    assert_one_provider_job_each(emulator, [job_id])
-    assert lease_rescues(scheduler, job_id) >= 1, "recovered, but not through a lease rescue?"
-    print(f"{step}: killed mid-request, succeeded {took:.1f}s later, "
-          f"{len(shown['history'])} transitions")
+
+def assert_recovered_once(stack: Stack, at: MidRequest) -> int:
+    """Succeeded, gapless, one provider file and one provider job; returns transitions."""
+    stack.wait_for_state(at.job_id, {"succeeded"}, timeout=RECOVERY_S)
+    history = stack.show(at.job_id)["history"]
+    assert_full_lifecycle(history, job_id=at.job_id)
+    assert_one_file_per_dataset(at.emulator, [at.dataset])
+    assert_one_provider_job_each(at.emulator, [at.job_id])
+    return len(history)
+
+
+@pytest.mark.parametrize("step", list(CRASHES))
+def test_worker_killed_mid_request_recovers_without_duplicates(stack: Stack, step: str) -> None:
+    """SIGKILL of the worker's process group while the step's request is in flight (its
+    side effect done, the response not yet read) costs one lease: the scheduler re-drives
+    the step on a new worker, and the job succeeds with one provider file and one job."""
+    at = catch_mid_request(stack, step, concurrency=2)
+    at.worker.kill()
+    killed = time.monotonic()
+    at.emulator.set_scenario()  # no more latency
+    stack.start_worker()
+    transitions = assert_recovered_once(stack, at)
+    assert lease_rescues(at.scheduler, at.job_id) >= 1, "recovered, but not by a lease rescue?"
+    print(f"{step}: worker killed mid-request, succeeded {time.monotonic() - killed:.1f}s "
+          f"later, {transitions} transitions")
+
+
+@pytest.mark.parametrize("step", list(CRASHES))
+def test_pool_child_killed_mid_request_recovers_without_duplicates(stack: Stack,
+                                                                   step: str) -> None:
+    """SIGKILL of only the pool child while the step's request is in flight: Celery
+    (acks_late + reject_on_worker_lost) hands the message to a fresh child, which runs the
+    step again under the same lease; the retry finds the provider's file or job instead of
+    making a second one.
+
+    The lease (and so Celery's hard time limit) is longer than Celery's worker_lost_wait
+    (10 s): with a shorter one the time limit fires first, the message is acked as failed,
+    and recovery falls back to the lease rescue, which the test above already covers."""
+    stack.overrides["TUNECTL_LEASE_S"] = str(CHILD_LEASE_S)
+    at = catch_mid_request(stack, step, concurrency=1)
+    pool = at.worker.children()
+    assert pool, "the prefork worker has no pool children?"
+    for pid in pool:
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    at.emulator.set_scenario()
+    transitions = assert_recovered_once(stack, at)
+    assert at.worker.alive(), "the worker's main process died with its pool"
+    assert "WorkerLostError" in at.worker.output(), "Celery did not see its pool child die"
+    assert lease_rescues(at.scheduler, at.job_id) == 0, "recovered by lease, not redelivery"
+    print(f"{step}: pool child killed mid-request, succeeded {time.monotonic() - killed:.1f}s "
+          f"later, {transitions} transitions")
 
 
 def start_redis(stack: Stack, port: int) -> Proc:

@@ -3,7 +3,8 @@
 The processes are started from the Procfile's own lines: its ``scheduler`` line twice and
 its ``worker`` line twice, with production default timings, against the test database,
 a Redis DB of the e2e tests' own, and an emulator whose jobs finish at once. The jobs are
-submitted in-process (``orchestrator.jobs.submit``), all sharing one small dataset.
+submitted in-process (``orchestrator.jobs.submit``, all sharing one small dataset) before
+the processes start, so all 1,000 are due together.
 Checked: every job succeeds within a bounded time, every history is gapless, no
 ``(job, seq)`` pair is written twice, the dataset is uploaded once, and the provider holds
 exactly one job per tunectl job.
@@ -23,7 +24,7 @@ from tests.e2e.checks import assert_one_file_per_dataset, provider_jobs_by_tunec
 from tests.e2e.processes import Stack, wait_until
 
 JOBS = 1000
-#: All 1,000 must have succeeded this long after the first submit.
+#: All 1,000 must have succeeded this long after the processes are started.
 BOUND_S = 240.0
 PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
 
@@ -53,17 +54,20 @@ def test_thousand_jobs_through_procfile_processes(stack: Stack) -> None:
     assert {"scheduler", "worker"} <= set(commands), f"Procfile lines: {sorted(commands)}"
     stack.overrides = {}  # the production defaults, as the Procfile would run them
     emulator = stack.start_emulator(job_duration=0)
+    spec, dataset = write_job(stack.tmp_path / "specs", "thousand")
+    submit_started = time.monotonic()
+    ids = [stack.submit_in_process(spec) for _ in range(JOBS)]
+    submitted = time.monotonic() - submit_started
+
+    # All 1,000 are due at once when the processes come up: the two schedulers' first
+    # claims split them (SKIP LOCKED), and the two workers drain the burst.
+    started = time.monotonic()
     for name in ("scheduler", "scheduler", "worker", "worker"):
         stack.procs.start(name, commands[name], stack.env())
     for proc in stack.procs.started:
         if proc.name in ("scheduler", "worker"):
             proc.wait_for_output("scheduler.started" if proc.name == "scheduler" else "ready.",
                                  timeout=60)
-    spec, dataset = write_job(stack.tmp_path / "specs", "thousand")
-
-    started = time.monotonic()
-    ids = [stack.submit_in_process(spec) for _ in range(JOBS)]
-    submitted = time.monotonic() - started
 
     def all_done() -> bool:
         seen = states(stack.engine)
@@ -72,7 +76,7 @@ def test_thousand_jobs_through_procfile_processes(stack: Stack) -> None:
         return seen["succeeded"] == JOBS
 
     try:
-        wait_until(all_done, timeout=BOUND_S - submitted, interval=1,
+        wait_until(all_done, timeout=BOUND_S, interval=1,
                    what=f"all {JOBS} jobs to succeed")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; states: {dict(states(stack.engine))}") from None
@@ -102,5 +106,6 @@ def test_thousand_jobs_through_procfile_processes(stack: Stack) -> None:
     at_provider = provider_jobs_by_tunectl_id(emulator)
     assert sum(at_provider.values()) == JOBS, f"{sum(at_provider.values())} provider jobs"
     assert set(at_provider) == set(ids) and set(at_provider.values()) == {1}
-    print(f"{JOBS} jobs: submitted in {submitted:.1f}s, all succeeded {took:.1f}s after the "
-          f"first submit ({JOBS / took:.1f} lifecycles/s, {transitions} transitions)")
+    print(f"{JOBS} jobs: submitted in {submitted:.1f}s; all succeeded {took:.1f}s after the "
+          f"Procfile processes were started ({JOBS / took:.1f} lifecycles/s, "
+          f"{transitions} transitions)")

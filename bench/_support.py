@@ -1,0 +1,86 @@
+"""Shared plumbing for the benchmarks: a throwaway PostgreSQL database, child processes in
+their own process groups, and waiting on their logs. Not a benchmark itself."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from orchestrator.db.engine import make_engine
+from orchestrator.db.migrate import upgrade
+
+VENV_BIN = Path(sys.executable).parent
+DEFAULT_PG_ADMIN_URL = os.environ.get("TUNECTL_TEST_PG_URL",
+                                      "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.contextmanager
+def temp_postgres_database(admin_url: str, prefix: str = "tunectl_bench") -> Iterator[str]:
+    """Create and migrate a fresh database next to ``admin_url``'s; drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(False)
+    try:
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tunectl_argv(*args: str) -> list[str]:
+    """The installed ``tunectl`` command line."""
+    script = VENV_BIN / "tunectl"
+    return [str(script), *args] if script.exists() else [
+        sys.executable, "-m", "orchestrator.cli", *args]
+
+
+class Child:
+    """A process in its own process group, with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.log = name, log
+        with log.open("ab") as sink:
+            self.popen = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 60) -> None:
+        """Wait until ``needle`` is in the log; raise (with the log tail) otherwise."""
+        deadline = time.monotonic() + timeout
+        while needle not in self.output():
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                tail = "\n".join(self.output().splitlines()[-30:])
+                raise RuntimeError(f"{self.name} did not log {needle!r}:\n{tail}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=15)

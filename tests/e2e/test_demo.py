@@ -1,0 +1,44 @@
+"""``tunectl demo`` end to end: emulator + daemon + the example jobs, in a subprocess.
+
+The demo always runs on the embedded default (SQLite + Celery's SQLAlchemy transport) in
+``$TUNECTL_DATA_DIR/demo``; the test points that, and ``XDG_DATA_HOME``, into tmp_path so
+nothing touches the real home.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tests.e2e.checks import LIFECYCLE
+from tests.e2e.processes import Procs, tunectl_argv
+
+#: A transition line of the demo's watch: "12:00:01.234  support-bot  queued → validating …"
+#: or, for a change of provider status, "12:00:01.234  support-bot  training (running) …".
+TRANSITION = re.compile(r"^\d\d:\d\d:\d\d\.\d{3}\s+(?P<job>[\w-]+)\s+(?:(?P<src>[a-z]+)\s+)?"
+                        r"(?:→\s+(?P<dst>[a-z]+)|(?P<same>[a-z]+)\s)")
+
+
+def test_demo_shows_every_state_of_the_support_bot_job(tmp_path: Path, procs: Procs) -> None:
+    """The demo exits 0 and prints the support-bot job going queued … succeeded."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNECTL_", "OPENAI_"))}
+    env.update(TUNECTL_DATA_DIR=str(tmp_path / "data"), XDG_DATA_HOME=str(tmp_path / "xdg"),
+               HOME=str(tmp_path / "home"), COLUMNS="200", PYTHONUNBUFFERED="1")
+    # In its own process group: teardown kills the demo's emulator and daemon too.
+    demo = procs.start("demo", tunectl_argv("demo", "--job-duration", "1", "--timeout", "150"),
+                       env)
+    returncode = demo.popen.wait(timeout=240)
+    output = demo.output()
+    assert returncode == 0, f"demo exited {returncode}:\n{output}"
+
+    visited = []
+    for line in output.splitlines():
+        match = TRANSITION.match(line)
+        if match and match["job"] == "support-bot":
+            visited.append(match["dst"] or match["same"])
+    distinct = [s for i, s in enumerate(visited) if i == 0 or s != visited[i - 1]]
+    assert distinct == LIFECYCLE, f"support-bot went {distinct}:\n{output}"
+    assert re.search(r"support-bot\s+│\s+succeeded", output), output
+    assert (tmp_path / "data" / "demo" / "tunectl.db").exists(), "demo ran somewhere else"
+    assert not (tmp_path / "home").exists(), "the demo wrote into HOME"
