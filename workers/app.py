@@ -5,7 +5,8 @@
 - ``worker_prefetch_multiplier = 1``: a worker holds only the message it is running.
 - The broker's visibility timeout is longer than any step (steps are bounded by the lease),
   so a slow step is never handed to a second worker while it runs.
-- Each step is bounded by ``task_time_limit`` = the lease, so no step outlives its lease.
+- Each step renews its job's lease when it starts and is killed at 90 % of it
+  (``task_time_limit``), so no step outlives its lease.
 Even so, the broker only carries wake-ups: a lost message costs one lease, after which the
 scheduler sends the step again from the database.
 """
@@ -37,7 +38,9 @@ def create_app() -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=QUEUE,
-        task_time_limit=int(settings.lease_s),
+        # A step renews its lease when it starts; ending it before the lease runs out means
+        # a stuck step never overlaps the retry the scheduler sends once the lease expires.
+        task_time_limit=settings.lease_s * 0.9,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
         worker_hijack_root_logger=False,

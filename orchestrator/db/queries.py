@@ -8,6 +8,7 @@ due jobs between them instead of waiting on, or double-claiming, each other's ro
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -91,6 +92,23 @@ def rescue_expired_leases(session: Session, *, now: datetime) -> list[tuple[str,
     """
     stmt = sa.text(_RESCUE_EXPIRED_LEASES).bindparams(sa.bindparam("now", type_=TZDateTime()))
     return [(r[0], r[1], r[2]) for r in session.connection().execute(stmt, {"now": now})]
+
+
+def renew_lease(session: Session, job_id: str, *, lease: str, states: Collection[str],
+                now: datetime, until: datetime) -> Job | None:
+    """Extend a live lease to ``until`` and return the job, if ``lease`` still holds it in
+    one of ``states``; None for a stale, duplicate or expired message.
+
+    A step renews its lease when it starts, so that it gets a whole lease however long its
+    message waited in the broker, and never starts once its lease has lapsed (the job may
+    already have been handed to another worker).
+    """
+    stmt = (sa.update(Job)
+            .where(col(Job.id) == job_id, col(Job.lease_owner) == lease,
+                   col(Job.lease_expires_at) > now, col(Job.state).in_(states))
+            .values(lease_expires_at=until)
+            .returning(Job))
+    return session.scalars(stmt).one_or_none()
 
 
 def release_lease(

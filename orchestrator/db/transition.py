@@ -49,13 +49,17 @@ def transition(
     reason: str,
     data: dict[str, Any] | None = None,
     now: datetime | None = None,
+    lease: str | None = None,
     **fields: Any,
 ) -> int:
     """Move ``job_id`` from ``source`` (at ``version``) to ``target``; return the new version.
 
+    With ``lease``, the move also requires that lease to still hold the job, so a step
+    whose lease was revoked (rescued, or cleared by a cancel) cannot move it.
+
     Raises:
         IllegalTransition: ``source → target`` is not in states.TRANSITIONS.
-        StaleTransition: the job is not in ``source`` at ``version`` any more.
+        StaleTransition: the job is not in ``source`` at ``version`` (under ``lease``) any more.
     """
     if not can_move(source, target):
         raise IllegalTransition(f"job {job_id}: {source} → {target} is not an allowed transition")
@@ -67,18 +71,17 @@ def transition(
                               "updated_at": now}
     if target in TERMINAL:
         values.update(finished_at=now, next_run_at=None, lease_owner=None, lease_expires_at=None)
+    guard = [col(Job.id) == job_id, col(Job.state) == source.value, col(Job.version) == version]
+    if lease is not None:
+        guard.append(col(Job.lease_owner) == lease)
     new_version = session.exec(
-        sa.update(Job)
-        .where(col(Job.id) == job_id, col(Job.state) == source.value,
-               col(Job.version) == version)
-        .values(**values)
-        .returning(col(Job.version))
+        sa.update(Job).where(*guard).values(**values).returning(col(Job.version))
     ).scalar_one_or_none()
     if new_version is None:
-        raise StaleTransition(
-            f"job {job_id} is no longer {source} at version {version}; nothing was written"
-        )
-    session.add(JobTransition(
+        held = f" under lease {lease}" if lease else ""
+        raise StaleTransition(f"job {job_id} is no longer {source} at version {version}{held}; "
+                              "nothing was written")
+    session.exec(sa.insert(JobTransition).values(
         job_id=job_id, seq=new_version, from_state=source.value, to_state=target.value,
         provider_status=fields.get("provider_status"), reason=reason, data=data or {}, at=now,
     ))

@@ -67,17 +67,15 @@ def run_step(
     now: Callable[[], datetime] = utcnow,
 ) -> str:
     """Run ``step`` for ``job_id`` if this message still holds its lease; return what happened."""
-    with session_scope(engine) as session:
-        job = session.get(Job, job_id)
-    if job is None or job.lease_owner != lease or STEP_FOR_STATE.get(State(job.state)) != step:
+    job = _begin(step, job_id, lease, settings, engine, now())
+    if job is None:
         log.info("step.skipped", job_id=job_id, step=step,
-                 why="lease not held or state moved on (duplicate or stale message)")
+                 why="lease not held, expired, or state moved on (duplicate or stale message)")
         return "skipped"
     with structlog.contextvars.bound_contextvars(job_id=job.id, step=step,
                                                  provider=job.provider):
         started = time.monotonic()
         try:
-            job = _start(job, engine, now())
             outcome = _attempt(job, step, settings, engine, now)
             result = _apply(job, lease, outcome, settings, engine, dispatch, now())
         except StaleTransition:
@@ -88,15 +86,23 @@ def run_step(
         return result
 
 
-def _start(job: Job, engine: sa.Engine, now: datetime) -> Job:
-    """Move a job from its waiting state to its working state (queued → validating)."""
-    state = State(job.state)
-    if state not in STARTS:
-        return job
+def _begin(step: str, job_id: str, lease: str, settings: Settings, engine: sa.Engine,
+           now: datetime) -> Job | None:
+    """Renew the lease (so the step has a whole lease from now) and, for a job still in its
+    waiting state, move it to its working state (queued → validating), in one transaction."""
+    states = [s.value for s, name in STEP_FOR_STATE.items() if name == step]
     with session_scope(engine) as session:
-        version = transition(session, job.id, source=state, target=STARTS[state],
-                             version=job.version, reason="picked up by a worker", now=now)
-    return job.model_copy(update={"state": STARTS[state].value, "version": version})
+        job = queries.renew_lease(session, job_id, lease=lease, states=states, now=now,
+                                  until=now + timedelta(seconds=settings.lease_s))
+        if job is None:
+            return None
+        state = State(job.state)
+        if state in STARTS:
+            version = transition(session, job.id, source=state, target=STARTS[state],
+                                 version=job.version, reason="picked up by a worker",
+                                 now=now, lease=lease)
+            job = job.model_copy(update={"state": STARTS[state].value, "version": version})
+    return job
 
 
 def _attempt(job: Job, step: str, settings: Settings, engine: sa.Engine,
@@ -122,7 +128,7 @@ def _apply(job: Job, lease: str, outcome: Outcome | Retry, settings: Settings,
            engine: sa.Engine, dispatch: Dispatch, now: datetime) -> str:
     state = State(job.state)
     if isinstance(outcome, Advance):
-        return _advance(job, state, outcome, settings, engine, dispatch, now)
+        return _advance(job, lease, state, outcome, settings, engine, dispatch, now)
     delay = outcome.delay_s
     later = now + timedelta(seconds=delay)
     with session_scope(engine) as session:
@@ -135,15 +141,15 @@ def _apply(job: Job, lease: str, outcome: Outcome | Retry, settings: Settings,
             transition(session, job.id, source=state, target=state, version=job.version,
                        reason=f"provider status {status}", provider_status=status,
                        next_run_at=later, lease_owner=None, lease_expires_at=None, attempts=0,
-                       last_error=None, now=now)
+                       last_error=None, now=now, lease=lease)
             return "waiting"
         held = queries.release_lease(session, job.id, lease=lease, next_run_at=later,
                                      attempts=0, provider_status=status or job.provider_status)
         return "waiting" if held else "stale"
 
 
-def _advance(job: Job, state: State, outcome: Advance, settings: Settings, engine: sa.Engine,
-             dispatch: Dispatch, now: datetime) -> str:
+def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Settings,
+             engine: sa.Engine, dispatch: Dispatch, now: datetime) -> str:
     fields = dict(outcome.fields)
     next_lease = None
     if outcome.target not in TERMINAL:
@@ -155,7 +161,7 @@ def _advance(job: Job, state: State, outcome: Advance, settings: Settings, engin
         with session_scope(engine) as session:
             transition(session, job.id, source=state, target=outcome.target,
                        version=job.version, reason=outcome.reason, data=outcome.data,
-                       now=now, **fields)
+                       now=now, lease=lease, **fields)
     except StaleTransition:
         _cancel_orphan(job, outcome, engine, settings)
         raise
@@ -166,18 +172,26 @@ def _advance(job: Job, state: State, outcome: Advance, settings: Settings, engin
 
 
 def _cancel_orphan(job: Job, outcome: Advance, engine: sa.Engine, settings: Settings) -> None:
-    """A user's cancel won the race against a step that created a provider job: cancel it."""
+    """This step created a provider job but lost the race to record it: cancel that job if
+    the tunectl job was cancelled meanwhile or ended up with another provider job (a run
+    that outlived its lease and overlapped its own retry), so nobody pays for it."""
     if outcome.cancel_remote is None:
         return
     with session_scope(engine) as session:
         current = session.get(Job, job.id)
-    if current is None or current.state not in (State.CANCELLING, State.CANCELLED):
+    if current is None:
+        return
+    cancelled = current.state in (State.CANCELLING, State.CANCELLED)
+    superseded = current.provider_job_id not in (None, outcome.cancel_remote)
+    if not (cancelled or superseded):
         return
     plugin = registry.get(job.provider)
     ctx = StepContext(settings=settings, engine=engine, plugin=plugin, now=utcnow)
     try:
         ctx.provider.cancel_job(outcome.cancel_remote)
-        log.info("step.cancelled_orphan", provider_job_id=outcome.cancel_remote)
+        log.warning("step.cancelled_orphan", provider_job_id=outcome.cancel_remote,
+                    why="cancelled meanwhile" if cancelled else "superseded by "
+                    f"{current.provider_job_id}")
     except TunectlError as exc:
         log.warning("step.cancel_orphan_failed", provider_job_id=outcome.cancel_remote,
                     error=str(exc))

@@ -1,9 +1,10 @@
 """The upload step: put each dataset at the provider once per account and content hash.
 
 A ``provider_files`` row is the claim. The first job to insert it uploads; others wait for
-its file id. A claim left by a dead worker lapses, and whoever takes it over first asks the
-provider whether the dead worker's upload landed (by the hash in the file name) before
-uploading again, so a crash mid-upload never leaves two copies.
+its file id. A claim left by a dead worker lapses (one that failed is ended at once), and
+whoever takes it over first asks the provider whether the earlier upload landed (by the
+hash in the file name) before uploading again, so a crash mid-upload never leaves two
+copies.
 """
 
 from __future__ import annotations
@@ -41,12 +42,22 @@ def ensure_uploaded(job: Job, ctx: StepContext, sha256: str) -> str | None:
     if isinstance(claimed, str):
         return claimed
     provider = ctx.provider
-    remote = provider.find_file(sha256) if resumed else None
-    if remote is None:
-        remote = provider.upload_file(ctx.blobs.open_path(sha256), sha256)
+    mine = (col(ProviderFile.id) == claimed, col(ProviderFile.file_id).is_(None),
+            col(ProviderFile.claimed_by) == job.id)
+    try:
+        remote = provider.find_file(sha256) if resumed else None
+        if remote is None:
+            remote = provider.upload_file(ctx.blobs.open_path(sha256), sha256)
+    except BaseException:
+        # The upload may have landed anyway (a timeout, say): end the claim now, so that the
+        # next attempt, by this job or another, looks at the provider before uploading.
+        with session_scope(ctx.engine) as session:
+            session.connection().execute(
+                sa.update(ProviderFile).where(*mine).values(claimed_until=ctx.now()))
+        raise
     with session_scope(ctx.engine) as session:
         session.connection().execute(
-            sa.update(ProviderFile).where(col(ProviderFile.id) == claimed)
+            sa.update(ProviderFile).where(*mine)
             .values(file_id=remote.id, bytes=remote.bytes or ProviderFile.bytes,
                     uploaded_at=ctx.now(), claimed_by=None, claimed_until=None)
         )
@@ -81,8 +92,8 @@ def _claim(job: Job, ctx: StepContext, sha256: str) -> tuple[str | int | None, b
             if row.file_id is not None:
                 return row.file_id, False
             assert row.claimed_until is not None
-            if row.claimed_by != job.id and row.claimed_until > now:
-                return None, False
+            if row.claimed_until > now:
+                return None, False  # another job, or an overlapping run of this one
             taken = session.connection().execute(
                 sa.update(ProviderFile)
                 .where(col(ProviderFile.id) == row.id, col(ProviderFile.file_id).is_(None),

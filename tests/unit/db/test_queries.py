@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from orchestrator.db import queries
@@ -123,3 +124,32 @@ class TestReleaseLease:
         job = fetch(engine, job_id)
         assert (job.lease_owner, job.next_run_at, job.attempts, job.provider_status) == (
             None, later, 0, "running")
+
+
+class TestRenewLease:
+    def test_a_live_lease_is_extended_and_the_job_returned(self, engine: sa.Engine) -> None:
+        (job_id,) = add_jobs(engine, 1)
+        claim(engine, "lease_a")
+        later = NOW + timedelta(minutes=4)
+
+        with session_scope(engine) as session:
+            job = queries.renew_lease(session, job_id, lease="lease_a", states=["queued"],
+                                      now=later, until=later + LEASE)
+        assert job is not None and job.id == job_id
+        assert fetch(engine, job_id).lease_expires_at == later + LEASE
+
+    @pytest.mark.parametrize(("lease", "states", "after"), [
+        pytest.param("lease_b", ["queued"], 1, id="someone-elses-lease"),
+        pytest.param("lease_a", ["training"], 1, id="state-moved-on"),
+        pytest.param("lease_a", ["queued"], 301, id="lease-already-expired"),
+    ])
+    def test_a_stale_or_expired_lease_is_not_renewed(self, engine: sa.Engine, lease: str,
+                                                    states: list[str], after: int) -> None:
+        (job_id,) = add_jobs(engine, 1)
+        claim(engine, "lease_a")
+        now = NOW + timedelta(seconds=after)
+
+        with session_scope(engine) as session:
+            assert queries.renew_lease(session, job_id, lease=lease, states=states, now=now,
+                                       until=now + LEASE) is None
+        assert fetch(engine, job_id).lease_expires_at == NOW + LEASE

@@ -112,6 +112,18 @@ class TestTransition:
         job, rows = snapshot(engine, job_id)
         assert (job.state, len(rows)) == ("queued", 1)
 
+    def test_a_move_under_a_lease_that_no_longer_holds_the_job_is_stale(
+            self, engine: sa.Engine) -> None:
+        job_id = new_job(engine)
+        move(engine, job_id, State.QUEUED, State.VALIDATING, 1, lease_owner="lease_new",
+             lease_expires_at=NOW + timedelta(minutes=1))
+
+        with pytest.raises(StaleTransition, match="under lease lease_old"), \
+                session_scope(engine) as session:
+            transition(session, job_id, source=State.VALIDATING, target=State.UPLOADING,
+                       version=2, reason="x", now=NOW, lease="lease_old")
+        assert snapshot(engine, job_id)[0].state == "validating"
+
     def test_only_known_columns_can_be_set(self, engine: sa.Engine) -> None:
         with pytest.raises(ValueError, match="cannot set"):
             move(engine, new_job(engine), State.QUEUED, State.VALIDATING, 1, finished_at=NOW)

@@ -338,3 +338,39 @@ class TestGivingUp:
         assert last.reason.startswith("gave up after 5 attempts at the upload step; "
                                       "last error: openai")
         assert "HTTP 502" in last.reason
+
+
+class TestOverlappingRuns:
+    def test_a_run_that_lost_its_lease_cancels_the_provider_job_it_created(
+            self, pump: Pump, clock: Clock, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """A stalled submit whose job was re-driven meanwhile (and recorded another provider
+        job) cancels its own duplicate instead of leaving it to train and bill."""
+        from orchestrator.providers.openai.adapter import OpenAIClient
+
+        create = OpenAIClient.create_job
+        calls: list[str] = []
+
+        def stall_then_create(self: OpenAIClient, request: JobRequest) -> RemoteJob:
+            calls.append(request.job_id)
+            if len(calls) == 1:
+                # This run stalls before its create lands: its lease expires, the scheduler
+                # re-drives the job, and the retry creates and records its own provider job.
+                clock.advance(pump.settings.lease_s + 1)
+                pump.scheduler().tick()
+                pump.run_sent(limit=1)
+            return create(self, request)
+
+        monkeypatch.setattr(OpenAIClient, "create_job", stall_then_create)
+        with in_process_emulator(clock, Scenario(job_duration_s=60)) as emulator:
+            job = pump.submit(make_spec(tmp_path))
+            pump.scheduler().tick()
+            pump.run_sent(limit=3)  # validate, upload, and the submit that stalls
+            remote = {j["id"]: j["status"] for j in
+                      emulator.get("/v1/fine_tuning/jobs").json()["data"]}
+
+        recorded = pump.job(job.id).provider_job_id
+        assert pump.job(job.id).state == "training"
+        assert remote[recorded] != "cancelled"
+        assert sorted(status for rid, status in remote.items() if rid != recorded) == [
+            "cancelled"]
