@@ -21,6 +21,7 @@ from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from orchestrator import log
 from orchestrator.config import get_settings
 from orchestrator.db.engine import get_engine
+from orchestrator.db.queries import STEP_SHARE_OF_LEASE
 from orchestrator.providers.http import set_shared_client
 
 QUEUE = "tunectl"
@@ -38,9 +39,10 @@ def create_app() -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=QUEUE,
-        # A step renews its lease when it starts; ending it before the lease runs out means
-        # a stuck step never overlaps the retry the scheduler sends once the lease expires.
-        task_time_limit=settings.lease_s * 0.9,
+        # A step starts with at least this share of its lease left (db.queries.take_up);
+        # ending it in time means a stuck step never overlaps the retry the scheduler sends
+        # once the lease expires.
+        task_time_limit=settings.lease_s * STEP_SHARE_OF_LEASE,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
         worker_hijack_root_logger=False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,9 @@ def load_prices(override: Path | None = None) -> PriceTable:
     return PriceTable(tuple(tables))
 
 
+@lru_cache(maxsize=8)
 def _parse(text: str, source: str) -> dict[str, Any]:
+    """The checked table in ``text`` (cached: the validate step loads it for every job)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -2,23 +2,28 @@
 
 SQLite (the embedded default) is opened in WAL mode and every transaction starts with
 ``BEGIN IMMEDIATE``, so that concurrent writers wait on ``busy_timeout`` instead of failing
-with "database is locked" halfway through a read-then-write. PostgreSQL connections are
-pre-pinged, so a restarted server costs one reconnect rather than one failed step.
+with "database is locked" halfway through a read-then-write.
+
+PostgreSQL connections are not pinged before each use (that would add a round trip to
+every transaction); instead the first statement to meet a dead connection invalidates the
+whole pool, and ``retry_on_disconnect`` runs that transaction again on a fresh one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlmodel import Session
 
 from orchestrator.errors import DatabaseNotMigrated
+
+T = TypeVar("T")
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -32,7 +37,7 @@ def make_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         _tune_sqlite(engine)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return sa.create_engine(url, pool_size=5, max_overflow=10)
 
 
 def _tune_sqlite(engine: sa.Engine) -> None:
@@ -48,6 +53,17 @@ def _tune_sqlite(engine: sa.Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def retry_on_disconnect(transaction: Callable[[], T]) -> T:
+    """Run a whole ``transaction``; if its connection turned out dead (a restarted server),
+    run it once more on a fresh connection."""
+    try:
+        return transaction()
+    except sa.exc.DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        return transaction()
 
 
 @lru_cache(maxsize=4)

@@ -121,6 +121,11 @@ class JobTransition(SQLModel, table=True):
     at: datetime = _tz(default_factory=utcnow)
 
 
+#: The tables, for Core statements on hot paths.
+JOBS: sa.Table = Job.__table__  # type: ignore[attr-defined]
+HISTORY: sa.Table = JobTransition.__table__  # type: ignore[attr-defined]
+
+
 class ProviderFile(SQLModel, table=True):
     """A dataset uploaded to one provider account, keyed by content hash (uploaded once).
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlmodel import Session, col
+from sqlmodel import Session
 
-from orchestrator.db.models import Job
+from orchestrator.db.models import JOBS, Job
 from orchestrator.db.types import TZDateTime
+
+#: Statements run on a session's connection or on a bare connection (the hot path).
+DB = Session | sa.Connection
 
 _CLAIM_DUE_JOBS = {
     # Served by the partial index ix_jobs_due (next_run_at, id) WHERE lease_owner IS NULL.
@@ -66,24 +69,25 @@ class Claimed:
     last_error: str | None
 
 
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name
+def connection(db: DB) -> sa.Connection:
+    """The connection a statement runs on."""
+    return db.connection() if isinstance(db, Session) else db
 
 
 def claim_due_jobs(
-    session: Session, *, owner: str, now: datetime, until: datetime, limit: int
+    db: DB, *, owner: str, now: datetime, until: datetime, limit: int
 ) -> list[Claimed]:
     """Lease up to ``limit`` due, unleased jobs to ``owner`` until ``until``; count an attempt."""
-    stmt = sa.text(_CLAIM_DUE_JOBS[_dialect(session)]).bindparams(
+    stmt = sa.text(_CLAIM_DUE_JOBS[connection(db).dialect.name]).bindparams(
         sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime())
     )
-    rows = session.connection().execute(
+    rows = connection(db).execute(
         stmt, {"now": now, "until": until, "owner": owner, "limit": limit}
     )
     return [Claimed(*row) for row in rows]
 
 
-def rescue_expired_leases(session: Session, *, now: datetime) -> list[tuple[str, str, int]]:
+def rescue_expired_leases(db: DB, *, now: datetime) -> list[tuple[str, str, int]]:
     """Free the leases that expired (their holder died or its message was lost).
 
     Served by the partial index ix_jobs_leased. A freed job is claimable again at once;
@@ -91,28 +95,40 @@ def rescue_expired_leases(session: Session, *, now: datetime) -> list[tuple[str,
     Returns (job id, state, attempts) for each rescued job.
     """
     stmt = sa.text(_RESCUE_EXPIRED_LEASES).bindparams(sa.bindparam("now", type_=TZDateTime()))
-    return [(r[0], r[1], r[2]) for r in session.connection().execute(stmt, {"now": now})]
+    return [(r[0], r[1], r[2]) for r in connection(db).execute(stmt, {"now": now})]
 
 
-def renew_lease(session: Session, job_id: str, *, lease: str, states: Collection[str],
-                now: datetime, until: datetime) -> Job | None:
-    """Extend a live lease to ``until`` and return the job, if ``lease`` still holds it in
-    one of ``states``; None for a stale, duplicate or expired message.
+#: A step may run for this share of a lease (Celery's task_time_limit is set from it).
+STEP_SHARE_OF_LEASE = 0.9
 
-    A step renews its lease when it starts, so that it gets a whole lease however long its
-    message waited in the broker, and never starts once its lease has lapsed (the job may
-    already have been handed to another worker).
+
+def take_up(db: DB, job_id: str, *, lease: str, states: Collection[str],
+            now: datetime, lease_s: float) -> Job | None:
+    """The job, if ``lease`` still holds it in one of ``states`` and has not lapsed; None for
+    a stale, duplicate or late message (the job may already be with another worker).
+
+    A step may run for STEP_SHARE_OF_LEASE of a lease. If less than that is left (its
+    message waited in the broker), the lease is first renewed to a whole one, so that no
+    step outlives its lease; a fresh lease is left alone (no write on the hot path).
     """
-    stmt = (sa.update(Job)
-            .where(col(Job.id) == job_id, col(Job.lease_owner) == lease,
-                   col(Job.lease_expires_at) > now, col(Job.state).in_(states))
-            .values(lease_expires_at=until)
-            .returning(Job))
-    return session.scalars(stmt).one_or_none()
+    row = connection(db).execute(
+        sa.select(JOBS).where(JOBS.c.id == job_id, JOBS.c.lease_owner == lease,
+                              JOBS.c.lease_expires_at > now, JOBS.c.state.in_(states))
+    ).one_or_none()
+    if row is None:
+        return None
+    job = Job(**row._mapping)
+    assert job.lease_expires_at is not None
+    if job.lease_expires_at - now < timedelta(seconds=lease_s * STEP_SHARE_OF_LEASE):
+        job.lease_expires_at = now + timedelta(seconds=lease_s)
+        connection(db).execute(
+            sa.update(JOBS).where(JOBS.c.id == job_id, JOBS.c.lease_owner == lease)
+            .values(lease_expires_at=job.lease_expires_at))
+    return job
 
 
 def release_lease(
-    session: Session,
+    db: DB,
     job_id: str,
     *,
     lease: str,
@@ -132,9 +148,7 @@ def release_lease(
         values["attempts"] = attempts
     if provider_status is not None:
         values["provider_status"] = provider_status
-    result = session.connection().execute(
-        sa.update(Job)
-        .where(col(Job.id) == job_id, col(Job.lease_owner) == lease)
-        .values(**values)
+    result = connection(db).execute(
+        sa.update(JOBS).where(JOBS.c.id == job_id, JOBS.c.lease_owner == lease).values(**values)
     )
     return bool(result.rowcount)

@@ -12,9 +12,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col
+from sqlmodel import Session
 
-from orchestrator.db.models import Job, JobTransition
+from orchestrator.db.models import HISTORY, JOBS, Job, JobTransition
+from orchestrator.db.queries import DB, connection
 from orchestrator.db.types import utcnow
 from orchestrator.errors import IllegalTransition, StaleTransition
 from orchestrator.states import TERMINAL, State, can_move
@@ -40,7 +41,7 @@ def insert_job(session: Session, job: Job, *, reason: str, now: datetime | None 
 
 
 def transition(
-    session: Session,
+    db: DB,
     job_id: str,
     *,
     source: State,
@@ -67,21 +68,24 @@ def transition(
     if unknown:
         raise ValueError(f"transition cannot set {sorted(unknown)}")
     now = now or utcnow()
-    values: dict[str, Any] = {**fields, "state": target.value, "version": col(Job.version) + 1,
+    values: dict[str, Any] = {**fields, "state": target.value, "version": JOBS.c.version + 1,
                               "updated_at": now}
     if target in TERMINAL:
         values.update(finished_at=now, next_run_at=None, lease_owner=None, lease_expires_at=None)
-    guard = [col(Job.id) == job_id, col(Job.state) == source.value, col(Job.version) == version]
+    guard = [JOBS.c.id == job_id, JOBS.c.state == source.value, JOBS.c.version == version]
     if lease is not None:
-        guard.append(col(Job.lease_owner) == lease)
-    new_version = session.exec(
-        sa.update(Job).where(*guard).values(**values).returning(col(Job.version))
+        guard.append(JOBS.c.lease_owner == lease)
+    # Core statements on the session's connection: the ORM's bookkeeping (synchronizing the
+    # identity map) would cost more than the statements themselves on this hot path.
+    conn = connection(db)
+    new_version = conn.execute(
+        sa.update(JOBS).where(*guard).values(**values).returning(JOBS.c.version)
     ).scalar_one_or_none()
     if new_version is None:
         held = f" under lease {lease}" if lease else ""
         raise StaleTransition(f"job {job_id} is no longer {source} at version {version}{held}; "
                               "nothing was written")
-    session.exec(sa.insert(JobTransition).values(
+    conn.execute(sa.insert(HISTORY).values(
         job_id=job_id, seq=new_version, from_state=source.value, to_state=target.value,
         provider_status=fields.get("provider_status"), reason=reason, data=data or {}, at=now,
     ))

@@ -20,7 +20,7 @@ import structlog
 
 from orchestrator.config import Settings
 from orchestrator.db import queries
-from orchestrator.db.engine import session_scope
+from orchestrator.db.engine import retry_on_disconnect, session_scope
 from orchestrator.db.models import Job
 from orchestrator.db.transition import transition
 from orchestrator.db.types import new_id, utcnow
@@ -67,7 +67,7 @@ def run_step(
     now: Callable[[], datetime] = utcnow,
 ) -> str:
     """Run ``step`` for ``job_id`` if this message still holds its lease; return what happened."""
-    job = _begin(step, job_id, lease, settings, engine, now())
+    job = retry_on_disconnect(lambda: _begin(step, job_id, lease, settings, engine, now()))
     if job is None:
         log.info("step.skipped", job_id=job_id, step=step,
                  why="lease not held, expired, or state moved on (duplicate or stale message)")
@@ -88,17 +88,18 @@ def run_step(
 
 def _begin(step: str, job_id: str, lease: str, settings: Settings, engine: sa.Engine,
            now: datetime) -> Job | None:
-    """Renew the lease (so the step has a whole lease from now) and, for a job still in its
-    waiting state, move it to its working state (queued → validating), in one transaction."""
+    """Take the job up under its lease (renewed if the message waited) and, for a job still in
+    its waiting state, move it to its working state (queued → validating), in one
+    transaction."""
     states = [s.value for s, name in STEP_FOR_STATE.items() if name == step]
-    with session_scope(engine) as session:
-        job = queries.renew_lease(session, job_id, lease=lease, states=states, now=now,
-                                  until=now + timedelta(seconds=settings.lease_s))
+    with engine.begin() as conn:
+        job = queries.take_up(conn, job_id, lease=lease, states=states, now=now,
+                              lease_s=settings.lease_s)
         if job is None:
             return None
         state = State(job.state)
         if state in STARTS:
-            version = transition(session, job.id, source=state, target=STARTS[state],
+            version = transition(conn, job.id, source=state, target=STARTS[state],
                                  version=job.version, reason="picked up by a worker",
                                  now=now, lease=lease)
             job = job.model_copy(update={"state": STARTS[state].value, "version": version})
@@ -131,19 +132,19 @@ def _apply(job: Job, lease: str, outcome: Outcome | Retry, settings: Settings,
         return _advance(job, lease, state, outcome, settings, engine, dispatch, now)
     delay = outcome.delay_s
     later = now + timedelta(seconds=delay)
-    with session_scope(engine) as session:
+    with engine.begin() as conn:
         if isinstance(outcome, Retry):
-            held = queries.release_lease(session, job.id, lease=lease, next_run_at=later,
+            held = queries.release_lease(conn, job.id, lease=lease, next_run_at=later,
                                          last_error=outcome.error)
             return f"retry in {delay:.0f}s" if held else "stale"
         status = outcome.provider_status
         if status and status != job.provider_status and can_move(state, state):
-            transition(session, job.id, source=state, target=state, version=job.version,
+            transition(conn, job.id, source=state, target=state, version=job.version,
                        reason=f"provider status {status}", provider_status=status,
                        next_run_at=later, lease_owner=None, lease_expires_at=None, attempts=0,
                        last_error=None, now=now, lease=lease)
             return "waiting"
-        held = queries.release_lease(session, job.id, lease=lease, next_run_at=later,
+        held = queries.release_lease(conn, job.id, lease=lease, next_run_at=later,
                                      attempts=0, provider_status=status or job.provider_status)
         return "waiting" if held else "stale"
 
@@ -158,8 +159,8 @@ def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Set
                       lease_expires_at=now + timedelta(seconds=settings.lease_s),
                       next_run_at=now, attempts=1, last_error=None)
     try:
-        with session_scope(engine) as session:
-            transition(session, job.id, source=state, target=outcome.target,
+        with engine.begin() as conn:
+            transition(conn, job.id, source=state, target=outcome.target,
                        version=job.version, reason=outcome.reason, data=outcome.data,
                        now=now, lease=lease, **fields)
     except StaleTransition:
@@ -204,6 +205,6 @@ def _dispatch_or_release(dispatch: Dispatch, step: str, job_id: str, lease: str,
         dispatch(step, job_id, lease)
     except Exception as exc:
         log.warning("step.dispatch_failed", next_step=step, error=str(exc))
-        with session_scope(engine) as session:
-            queries.release_lease(session, job_id, lease=lease, next_run_at=now,
+        with engine.begin() as conn:
+            queries.release_lease(conn, job_id, lease=lease, next_run_at=now,
                                   last_error=f"could not send the {step} step: {exc}")

@@ -126,16 +126,28 @@ class TestReleaseLease:
             None, later, 0, "running")
 
 
-class TestRenewLease:
-    def test_a_live_lease_is_extended_and_the_job_returned(self, engine: sa.Engine) -> None:
+class TestTakeUp:
+    def test_a_fresh_lease_is_taken_up_without_a_write(self, engine: sa.Engine) -> None:
+        (job_id,) = add_jobs(engine, 1)
+        claim(engine, "lease_a")
+        soon = NOW + timedelta(seconds=10)  # under 10 % of the 5 min lease has gone
+
+        with engine.begin() as conn:
+            job = queries.take_up(conn, job_id, lease="lease_a", states=["queued"], now=soon,
+                                  lease_s=LEASE.total_seconds())
+        assert job is not None and job.id == job_id
+        assert fetch(engine, job_id).lease_expires_at == NOW + LEASE
+
+    def test_a_lease_whose_message_waited_is_renewed_to_a_whole_one(
+            self, engine: sa.Engine) -> None:
         (job_id,) = add_jobs(engine, 1)
         claim(engine, "lease_a")
         later = NOW + timedelta(minutes=4)
 
-        with session_scope(engine) as session:
-            job = queries.renew_lease(session, job_id, lease="lease_a", states=["queued"],
-                                      now=later, until=later + LEASE)
-        assert job is not None and job.id == job_id
+        with engine.begin() as conn:
+            job = queries.take_up(conn, job_id, lease="lease_a", states=["queued"], now=later,
+                                  lease_s=LEASE.total_seconds())
+        assert job is not None and job.lease_expires_at == later + LEASE
         assert fetch(engine, job_id).lease_expires_at == later + LEASE
 
     @pytest.mark.parametrize(("lease", "states", "after"), [
@@ -143,13 +155,13 @@ class TestRenewLease:
         pytest.param("lease_a", ["training"], 1, id="state-moved-on"),
         pytest.param("lease_a", ["queued"], 301, id="lease-already-expired"),
     ])
-    def test_a_stale_or_expired_lease_is_not_renewed(self, engine: sa.Engine, lease: str,
-                                                    states: list[str], after: int) -> None:
+    def test_a_stale_or_expired_lease_is_refused(self, engine: sa.Engine, lease: str,
+                                                states: list[str], after: int) -> None:
         (job_id,) = add_jobs(engine, 1)
         claim(engine, "lease_a")
         now = NOW + timedelta(seconds=after)
 
-        with session_scope(engine) as session:
-            assert queries.renew_lease(session, job_id, lease=lease, states=states, now=now,
-                                       until=now + LEASE) is None
+        with engine.begin() as conn:
+            assert queries.take_up(conn, job_id, lease=lease, states=states, now=now,
+                                   lease_s=LEASE.total_seconds()) is None
         assert fetch(engine, job_id).lease_expires_at == NOW + LEASE
