@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from orchestrator.errors import DatasetError
 
 _CHUNK = 1 << 20
+#: No provider takes a dataset anywhere near this big (the largest limit is 1 GB).
+MAX_BLOB_BYTES = 4 << 30
 
 
 def sha256_file(path: Path) -> str:
@@ -46,10 +49,18 @@ class BlobStore:
             src = source.open("rb")
         except OSError as exc:
             raise DatasetError(f"{source}: cannot read the dataset ({exc.strerror})") from exc
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            src.close()
+            raise DatasetError(f"{source}: not a regular file; give the path of a dataset file")
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
         try:
             with src, os.fdopen(fd, "wb") as out:
+                size = 0
                 while chunk := src.read(_CHUNK):
+                    size += len(chunk)
+                    if size > MAX_BLOB_BYTES:
+                        raise DatasetError(f"{source}: larger than {MAX_BLOB_BYTES >> 30} GiB; "
+                                           "no provider accepts a dataset this big")
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()

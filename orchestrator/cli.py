@@ -24,7 +24,10 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.datasets.cli import app as dataset_app
 from orchestrator.db.engine import check_migrated, get_engine, session_scope
 from orchestrator.db.models import Job, JobTransition
-from orchestrator.errors import UserError
+from orchestrator.errors import ProviderError, UserError
+from orchestrator.providers import registry
+from orchestrator.providers.base import RemoteEvent
+from orchestrator.providers.http import shared_client
 from orchestrator.specs import load_spec
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -117,14 +120,25 @@ def list_jobs(
 
 
 @app.command()
-def show(job_id: Annotated[str, typer.Argument(help="Job id.")], as_json: JsonFlag = False) -> None:
+def show(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    events: Annotated[bool, typer.Option("--events", help="Also fetch the provider job's "
+                                         "newest events from the provider.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
     """Show a job: state, provider status, model, and its transition history."""
-    engine = _engine(_settings())
+    settings = _settings()
+    engine = _engine(settings)
     with session_scope(engine) as session:
         job = job_ops.get(session, job_id)
         history = job_ops.history(session, job_id)
+    remote = _provider_events(settings, job) if events else None
     if as_json:
-        _print_json(job_json(job, history))
+        data = job_json(job, history)
+        if remote is not None:
+            data["provider_events"] = [{"at": _iso(e.at), "level": e.level,
+                                        "message": e.message} for e in remote]
+        _print_json(data)
         return
     out.print(f"[bold]{job.id}[/bold] {job.name}: [bold]{job.state}[/bold]")
     for label, value in (("provider", f"{job.provider} ({job.base_model}, {job.method})"),
@@ -139,6 +153,22 @@ def show(job_id: Annotated[str, typer.Argument(help="Job id.")], as_json: JsonFl
         table.add_row(str(t.seq), t.at.strftime("%H:%M:%S.%f")[:-3], t.from_state or "",
                       t.to_state, t.provider_status or "", t.reason or "")
     out.print(table)
+    if remote is not None:
+        provider_table = Table("at", "level", "message", title="provider events")
+        for e in remote:
+            provider_table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.level, e.message)
+        out.print(provider_table)
+
+
+def _provider_events(settings: Settings, job: Job) -> list[RemoteEvent]:
+    """The provider job's newest events, fetched now (nothing if it was never created)."""
+    if job.provider_job_id is None:
+        return []
+    provider = registry.get(job.provider).connect(settings, shared_client(settings))
+    try:
+        return provider.list_events(job.provider_job_id)
+    except ProviderError as exc:
+        raise UserError(f"cannot fetch the events of {job.provider_job_id}: {exc}") from exc
 
 
 @app.command()

@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import MissingCredential
 
+#: A step may run for this share of its job's lease (Celery's task_time_limit is set from it).
+STEP_SHARE_OF_LEASE = 0.9
+
 
 def default_data_dir() -> Path:
     """Where the embedded default keeps its SQLite files and datasets."""
@@ -66,7 +69,16 @@ class Settings(BaseSettings):
             raise ValueError("lease_s, poll_interval_s and scheduler_tick_s must be positive")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if self.broker_visibility_timeout_s <= self.lease_s:
+            raise ValueError("broker_visibility_timeout_s must be above lease_s, or the broker "
+                             "would hand a running step to a second worker")
         return self
+
+    @property
+    def upload_deadline_s(self) -> float:
+        """How long one upload may take: the upload timeout, but never so long that the step
+        doing it would outlive its lease."""
+        return min(self.upload_timeout_s, self.lease_s * STEP_SHARE_OF_LEASE * 0.9)
 
     @property
     def blob_dir(self) -> Path:

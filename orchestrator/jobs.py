@@ -117,9 +117,10 @@ def cancel(engine: sa.Engine, job_id: str, *, now: datetime | None = None) -> Jo
             if state in CANCEL_DIRECTLY:
                 target = State.CANCELLED
             elif state in CANCEL_REMOTELY:
+                # A step still running keeps its lease: the cancel step runs once it is back,
+                # never beside a submit that may be creating the provider job right now.
                 target = State.CANCELLING
-                fields = {"next_run_at": now or utcnow(), "lease_owner": None,
-                          "lease_expires_at": None, "attempts": 0, "last_error": None}
+                fields = {"next_run_at": now or utcnow(), "attempts": 0, "last_error": None}
             else:
                 raise UserError(f"job {job_id} is {state}: its training has ended, "
                                 "so it can no longer be cancelled")

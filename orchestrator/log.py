@@ -15,12 +15,18 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor
 
+#: Keys whose values are secrets: whole words, so ``billed_tokens`` or ``max_tokens`` stay.
 SENSITIVE_KEY = re.compile(
-    r"(secret|token|password|passwd|api[_-]?key|authorization|cookie|signature|credential)",
+    r"(^|[_\-.])(secrets?|(access|refresh|id|auth|bearer)?[_\-]?token|password|passwd|"
+    r"api[_\-]?key|authorization|cookie|set-cookie|signature|credentials?|private[_\-]?key)$",
     re.IGNORECASE)
+#: Secrets inside free text: provider keys, auth headers, key=value pairs, URL passwords.
 SENSITIVE_VALUE = re.compile(
-    r"(whsec_[A-Za-z0-9+/=]+|\bsk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9._~+/=\-]+"
-    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@))")
+    r"(whsec_[A-Za-z0-9+/=]+|\bsk-[A-Za-z0-9_\-]{6,}"
+    r"|\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]+"
+    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@))", re.IGNORECASE)
+SENSITIVE_ASSIGNMENT = re.compile(
+    r"\b(api[_\-]?key|token|secret|password)(\s*[=:]\s*)[^\s&,;\"']+", re.IGNORECASE)
 REDACTED = "[REDACTED]"
 
 
@@ -33,6 +39,7 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(_scrub(v, depth + 1) for v in value)
     if isinstance(value, str):
+        value = SENSITIVE_ASSIGNMENT.sub(rf"\1\2{REDACTED}", value)
         return SENSITIVE_VALUE.sub(REDACTED, value)
     return value
 

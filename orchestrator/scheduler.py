@@ -21,7 +21,7 @@ from orchestrator.db.engine import session_scope
 from orchestrator.db.transition import transition
 from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import StaleTransition
-from orchestrator.states import STEP_FOR_STATE, State
+from orchestrator.states import PROVIDER_JOB_LIVE, STEP_FOR_STATE, State
 from orchestrator.steps.runner import Dispatch
 
 log = structlog.get_logger("tunectl.scheduler")
@@ -58,33 +58,31 @@ class Scheduler:
                     session, owner=lease, now=now, limit=self.settings.scheduler_batch,
                     until=now + timedelta(seconds=self.settings.lease_s))
             for i, job in enumerate(claimed):
-                if job.attempts > self.settings.max_attempts:
-                    gave_up += self._give_up(job, now)
-                    continue
-                step = STEP_FOR_STATE[State(job.state)]
                 try:
-                    self.dispatch(step, job.id, lease)
+                    if job.attempts >= self.settings.max_attempts:
+                        gave_up += self._give_up(job, now)
+                    else:
+                        self.dispatch(STEP_FOR_STATE[State(job.state)], job.id, lease)
+                        dispatched += 1
                 except Exception as exc:
-                    # The broker is unreachable: free the batch's leases now rather than at
-                    # expiry, and end this tick; the next one tries again.
-                    log.error("scheduler.dispatch_failed", job_id=job.id, step=step,
-                              error=str(exc))
-                    self._release(claimed[i:], lease, now)
+                    # The broker (or the database) is unreachable: free the rest of the
+                    # batch now rather than at lease expiry, and leave it to the next tick.
+                    log.error("scheduler.dispatch_failed", job_id=job.id, error=str(exc))
+                    with session_scope(self.engine) as session:
+                        for rest in claimed[i:]:
+                            queries.release_lease(session, rest.id, lease=lease,
+                                                  next_run_at=now, last_error=rest.last_error)
                     return TickReport(len(rescued), dispatched, gave_up)
-                dispatched += 1
             if len(claimed) < self.settings.scheduler_batch:
                 return TickReport(len(rescued), dispatched, gave_up)
 
-    def _release(self, jobs: list[queries.Claimed], lease: str, now: datetime) -> None:
-        with session_scope(self.engine) as session:
-            for job in jobs:
-                queries.release_lease(session, job.id, lease=lease, next_run_at=now,
-                                      attempts=job.attempts - 1, last_error=job.last_error)
-
     def _give_up(self, job: queries.Claimed, now: datetime) -> int:
         step = STEP_FOR_STATE[State(job.state)]
-        reason = (f"gave up after {job.attempts - 1} attempts at the {step} step; "
+        reason = (f"gave up after {job.attempts} attempts at the {step} step; "
                   f"last error: {job.last_error or 'none recorded'}")
+        if job.provider_job_id and State(job.state) in PROVIDER_JOB_LIVE:
+            reason += (f"; provider job {job.provider_job_id} may still be running: "
+                       "check or cancel it at the provider")
         try:
             with session_scope(self.engine) as session:
                 transition(session, job.id, source=State(job.state), target=State.FAILED,

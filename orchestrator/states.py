@@ -66,6 +66,10 @@ STEP_FOR_STATE: dict[State, str] = {
 #: A worker that picks up a job in a waiting state first moves it to its working state.
 STARTS: dict[State, State] = {State.QUEUED: State.VALIDATING}
 
+#: States in which a provider job exists and may be running (and billing).
+PROVIDER_JOB_LIVE: frozenset[State] = frozenset(
+    {State.TRAINING, State.FINALIZING, State.CANCELLING})
+
 #: States from which a cancel goes straight to cancelled: nothing exists at the provider yet.
 CANCEL_DIRECTLY: frozenset[State] = frozenset({State.QUEUED, State.VALIDATING, State.UPLOADING})
 #: States from which a cancel goes through the cancel step: a provider job may exist.

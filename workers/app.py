@@ -19,9 +19,8 @@ from celery import Celery, signals
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
 from orchestrator import log
-from orchestrator.config import get_settings
+from orchestrator.config import STEP_SHARE_OF_LEASE, get_settings
 from orchestrator.db.engine import get_engine
-from orchestrator.db.queries import STEP_SHARE_OF_LEASE
 from orchestrator.providers.http import set_shared_client
 
 QUEUE = "tunectl"

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from orchestrator.config import STEP_SHARE_OF_LEASE
 from orchestrator.db.models import JOBS, Job
 from orchestrator.db.types import TZDateTime
 
@@ -33,19 +34,19 @@ _CLAIM_DUE_JOBS = {
             LIMIT :limit
             FOR UPDATE SKIP LOCKED
         )
-        UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until, attempts = attempts + 1
+        UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until
         WHERE id IN (SELECT id FROM due)
-        RETURNING id, state, version, attempts, last_error
+        RETURNING id, state, version, attempts, last_error, provider_job_id
     """,
     "sqlite": """
-        UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until, attempts = attempts + 1
+        UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until
         WHERE id IN (
             SELECT id FROM jobs
             WHERE lease_owner IS NULL AND next_run_at <= :now
             ORDER BY next_run_at, id
             LIMIT :limit
         )
-        RETURNING id, state, version, attempts, last_error
+        RETURNING id, state, version, attempts, last_error, provider_job_id
     """,
 }
 
@@ -67,6 +68,7 @@ class Claimed:
     version: int
     attempts: int
     last_error: str | None
+    provider_job_id: str | None
 
 
 def connection(db: DB) -> sa.Connection:
@@ -77,7 +79,12 @@ def connection(db: DB) -> sa.Connection:
 def claim_due_jobs(
     db: DB, *, owner: str, now: datetime, until: datetime, limit: int
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due, unleased jobs to ``owner`` until ``until``; count an attempt."""
+    """Lease up to ``limit`` due, unleased jobs to ``owner`` until ``until``.
+
+    ``attempts`` in the result counts the times the job's current step has started without
+    progress (take_up counts them), so a step whose message was lost before it ever ran
+    costs the job nothing.
+    """
     stmt = sa.text(_CLAIM_DUE_JOBS[connection(db).dialect.name]).bindparams(
         sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime())
     )
@@ -91,40 +98,35 @@ def rescue_expired_leases(db: DB, *, now: datetime) -> list[tuple[str, str, int]
     """Free the leases that expired (their holder died or its message was lost).
 
     Served by the partial index ix_jobs_leased. A freed job is claimable again at once;
-    the claim counts the attempt, so a job that keeps killing its worker fails in the end.
+    its step started counts as an attempt, so a job that keeps killing its worker fails in
+    the end.
     Returns (job id, state, attempts) for each rescued job.
     """
     stmt = sa.text(_RESCUE_EXPIRED_LEASES).bindparams(sa.bindparam("now", type_=TZDateTime()))
     return [(r[0], r[1], r[2]) for r in connection(db).execute(stmt, {"now": now})]
 
 
-#: A step may run for this share of a lease (Celery's task_time_limit is set from it).
-STEP_SHARE_OF_LEASE = 0.9
-
-
 def take_up(db: DB, job_id: str, *, lease: str, states: Collection[str],
             now: datetime, lease_s: float) -> Job | None:
-    """The job, if ``lease`` still holds it in one of ``states`` and has not lapsed; None for
-    a stale, duplicate or late message (the job may already be with another worker).
+    """Start a step: the job, if ``lease`` still holds it in one of ``states`` and has not
+    lapsed; None for a stale, duplicate or late message (the job may be with another worker).
 
-    A step may run for STEP_SHARE_OF_LEASE of a lease. If less than that is left (its
-    message waited in the broker), the lease is first renewed to a whole one, so that no
-    step outlives its lease; a fresh lease is left alone (no write on the hot path).
+    One guarded UPDATE: it counts the attempt and, if less than STEP_SHARE_OF_LEASE of the
+    lease is left (the message waited in the broker), renews the lease to a whole one, so
+    that no step outlives its lease.
     """
+    renew_before = now + timedelta(seconds=lease_s * STEP_SHARE_OF_LEASE)
+    expires = JOBS.c.lease_expires_at
     row = connection(db).execute(
-        sa.select(JOBS).where(JOBS.c.id == job_id, JOBS.c.lease_owner == lease,
-                              JOBS.c.lease_expires_at > now, JOBS.c.state.in_(states))
+        sa.update(JOBS)
+        .where(JOBS.c.id == job_id, JOBS.c.lease_owner == lease, expires > now,
+               JOBS.c.state.in_(states))
+        .values(attempts=JOBS.c.attempts + 1,
+                lease_expires_at=sa.case((expires < renew_before,
+                                          now + timedelta(seconds=lease_s)), else_=expires))
+        .returning(*JOBS.c)
     ).one_or_none()
-    if row is None:
-        return None
-    job = Job(**row._mapping)
-    assert job.lease_expires_at is not None
-    if job.lease_expires_at - now < timedelta(seconds=lease_s * STEP_SHARE_OF_LEASE):
-        job.lease_expires_at = now + timedelta(seconds=lease_s)
-        connection(db).execute(
-            sa.update(JOBS).where(JOBS.c.id == job_id, JOBS.c.lease_owner == lease)
-            .values(lease_expires_at=job.lease_expires_at))
-    return job
+    return None if row is None else Job(**row._mapping)
 
 
 def release_lease(
@@ -133,14 +135,16 @@ def release_lease(
     *,
     lease: str,
     next_run_at: datetime,
+    version: int | None = None,
     attempts: int | None = None,
     last_error: str | None = None,
     provider_status: str | None = None,
 ) -> bool:
-    """Give the lease back and set when the job is next due; False if the lease was lost.
+    """Give the lease back and set when the job is next due; False if the lease was lost
+    (or, with ``version``, if the job changed meanwhile: a cancel landed).
 
-    Lease tokens are unique per claim, and a cancel or a rescue clears the lease, so a step
-    whose job was cancelled or rescued meanwhile changes nothing.
+    Lease tokens are unique per claim and a rescue clears the lease, so a step whose job
+    was rescued meanwhile changes nothing.
     """
     values: dict[str, object] = {"lease_owner": None, "lease_expires_at": None,
                                  "next_run_at": next_run_at, "last_error": last_error}
@@ -148,7 +152,8 @@ def release_lease(
         values["attempts"] = attempts
     if provider_status is not None:
         values["provider_status"] = provider_status
-    result = connection(db).execute(
-        sa.update(JOBS).where(JOBS.c.id == job_id, JOBS.c.lease_owner == lease).values(**values)
-    )
+    guard = [JOBS.c.id == job_id, JOBS.c.lease_owner == lease]
+    if version is not None:
+        guard.append(JOBS.c.version == version)
+    result = connection(db).execute(sa.update(JOBS).where(*guard).values(**values))
     return bool(result.rowcount)

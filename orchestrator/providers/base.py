@@ -88,6 +88,9 @@ class ProviderClient(Protocol):
     def find_file(self, sha256: str) -> RemoteFile | None:
         """The file uploaded earlier with this content hash, if the provider still has it."""
 
+    def file_exists(self, file_id: str) -> bool:
+        """Whether the provider still has this file (users delete files)."""
+
     def upload_file(self, path: Path, sha256: str) -> RemoteFile:
         """Upload a dataset under ``dataset_filename(sha256)``."""
 
@@ -111,10 +114,6 @@ class ProviderPlugin(Protocol):
     """A provider as the engine finds it through the ``tunectl.providers`` entry point."""
 
     name: str
-    #: Base models the provider is known to tune (for messages; not a hard list).
-    known_models: tuple[str, ...]
-    #: The fewest training examples the provider accepts.
-    min_examples: int
 
     def check_spec(self, spec: JobSpec, source: str) -> None:
         """Raise SpecError for what this provider cannot run (method, hyperparameters …)."""

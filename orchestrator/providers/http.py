@@ -7,11 +7,13 @@ errors into ProviderUnavailable and classifies HTTP statuses as retryable (408, 
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import httpx
 
@@ -44,6 +46,24 @@ def shared_client(settings: Settings) -> httpx.Client:
         return _client
 
 
+class Deadline:
+    """A file to upload whose reads fail once ``seconds`` have passed, so an upload crawling
+    along (each read within httpx's timeouts) cannot outlive its step's lease."""
+
+    def __init__(self, file: BinaryIO, seconds: float, *, provider: str) -> None:
+        self._file, self._seconds, self._provider = file, seconds, provider
+        self._deadline = time.monotonic() + seconds
+
+    def read(self, size: int = -1) -> bytes:
+        if time.monotonic() > self._deadline:
+            raise ProviderUnavailable(f"the upload did not finish within {self._seconds:g} s",
+                                      provider=self._provider, operation="upload file")
+        return self._file.read(size)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, seek, tell: for the content length
+        return getattr(self._file, name)
+
+
 def set_shared_client(client: httpx.Client | None) -> None:
     """Replace the process's client: None after a fork (connections must not be shared),
     or a client of the caller's (an in-process emulator in tests)."""
@@ -57,14 +77,14 @@ def retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | 
     raw_ms = headers.get("retry-after-ms")
     if raw_ms is not None:
         try:
-            return max(0.0, float(raw_ms) / 1000)
+            return _seconds(float(raw_ms) / 1000)
         except ValueError:
             pass
     raw = headers.get("retry-after")
     if raw is None:
         return None
     try:
-        return max(0.0, float(raw))
+        return _seconds(float(raw))
     except ValueError:
         pass
     try:
@@ -83,6 +103,10 @@ class ErrorInfo(NamedTuple):
     code: str | None = None
     #: The code means "stop retrying" whatever the status (e.g. OpenAI's insufficient_quota).
     permanent: bool = False
+
+
+def _seconds(value: float) -> float | None:
+    return max(0.0, value) if math.isfinite(value) else None
 
 
 def classify(response: httpx.Response, *, provider: str, operation: str,

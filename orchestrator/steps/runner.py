@@ -1,14 +1,17 @@
-"""Running one step for one job: the lease check, the step, and applying its outcome.
+"""Running one step for one job: taking it up under its lease, the step, and applying its
+outcome.
 
 A step message carries (job id, lease token). If the job's lease is no longer that token,
-or its state is not one the step works, the message is a duplicate or stale delivery and
-nothing happens. Otherwise the step runs outside any transaction, and its outcome is
-written in one transaction guarded by the job's version (and, for waits, the lease), so a
-concurrent cancel or rescue makes a late outcome a no-op.
+has lapsed, or the job's state is not one the step works, the message is a duplicate or
+stale delivery and nothing happens. Otherwise the step runs outside any transaction, and
+its outcome is written in one transaction guarded by the job's version and the lease, so
+a concurrent cancel or rescue makes a late outcome a no-op; the step then hands the lease
+back at once, so whatever changed the job is acted on without waiting for the lease.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -25,14 +28,24 @@ from orchestrator.db.models import Job
 from orchestrator.db.transition import transition
 from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import (
+    MissingCredential,
     PermanentProviderError,
+    ProviderAuthError,
     RetryableProviderError,
     StaleTransition,
     TunectlError,
     UserError,
 )
 from orchestrator.providers import registry
-from orchestrator.states import STARTS, STEP_FOR_STATE, TERMINAL, State, can_move
+from orchestrator.providers.http import shared_client
+from orchestrator.states import (
+    PROVIDER_JOB_LIVE,
+    STARTS,
+    STEP_FOR_STATE,
+    TERMINAL,
+    State,
+    can_move,
+)
 from orchestrator.steps import STEPS
 from orchestrator.steps.outcomes import Advance, Outcome, StepContext
 
@@ -51,9 +64,11 @@ class Retry:
 
 
 def retry_delay(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
-    """Exponential backoff with ±10 % jitter, never sooner than the provider asked."""
-    backoff = min(settings.retry_cap_s, settings.retry_base_s * 2 ** max(0, attempts - 1))
-    return float(max(retry_after or 0.0, backoff * random.uniform(0.9, 1.1)))
+    """Exponential backoff with ±10 % jitter, never sooner than the provider asked, and
+    never later than ``retry_cap_s`` (a Retry-After of days would park the job)."""
+    backoff = settings.retry_base_s * 2 ** min(max(0, attempts - 1), 30)
+    wanted = retry_after if retry_after is not None and math.isfinite(retry_after) else 0.0
+    return float(min(settings.retry_cap_s, max(wanted, backoff * random.uniform(0.9, 1.1))))
 
 
 def run_step(
@@ -67,19 +82,19 @@ def run_step(
     now: Callable[[], datetime] = utcnow,
 ) -> str:
     """Run ``step`` for ``job_id`` if this message still holds its lease; return what happened."""
-    job = retry_on_disconnect(lambda: _begin(step, job_id, lease, settings, engine, now()))
+    try:
+        job = retry_on_disconnect(lambda: _begin(step, job_id, lease, settings, engine, now()))
+    except StaleTransition:
+        job = None
     if job is None:
         log.info("step.skipped", job_id=job_id, step=step,
-                 why="lease not held, expired, or state moved on (duplicate or stale message)")
+                 why="lease not held, lapsed, or state moved on (duplicate or stale message)")
         return "skipped"
     with structlog.contextvars.bound_contextvars(job_id=job.id, step=step,
                                                  provider=job.provider):
         started = time.monotonic()
-        try:
-            outcome = _attempt(job, step, settings, engine, now)
-            result = _apply(job, lease, outcome, settings, engine, dispatch, now())
-        except StaleTransition:
-            result = "stale"
+        outcome = _attempt(job, step, settings, engine, now)
+        result = _apply(job, lease, outcome, settings, engine, dispatch, now())
         log.info("step.finished", outcome=result, state=job.state,
                  duration_ms=round((time.monotonic() - started) * 1000, 1),
                  provider_status=job.provider_status)
@@ -88,9 +103,8 @@ def run_step(
 
 def _begin(step: str, job_id: str, lease: str, settings: Settings, engine: sa.Engine,
            now: datetime) -> Job | None:
-    """Take the job up under its lease (renewed if the message waited) and, for a job still in
-    its waiting state, move it to its working state (queued → validating), in one
-    transaction."""
+    """Take the job up under its lease and, for a job still in its waiting state, move it
+    to its working state (queued → validating), in one transaction."""
     states = [s.value for s, name in STEP_FOR_STATE.items() if name == step]
     with engine.begin() as conn:
         job = queries.take_up(conn, job_id, lease=lease, states=states, now=now,
@@ -108,7 +122,12 @@ def _begin(step: str, job_id: str, lease: str, settings: Settings, engine: sa.En
 
 def _attempt(job: Job, step: str, settings: Settings, engine: sa.Engine,
              now: Callable[[], datetime]) -> Outcome | Retry:
-    """Run the step, turning errors into a failure (permanent) or a retry (transient)."""
+    """Run the step, turning errors into a failure (permanent) or a retry (transient).
+
+    A credential problem while a provider job is live (a key rotated or a secret missing
+    on one worker) is retried, not failed: failing would stop tunectl watching a job that
+    goes on training and billing. It is still bounded by the scheduler's attempts.
+    """
     try:
         ctx = StepContext(settings=settings, engine=engine, plugin=registry.get(job.provider),
                           now=now)
@@ -116,10 +135,13 @@ def _attempt(job: Job, step: str, settings: Settings, engine: sa.Engine,
     except RetryableProviderError as exc:
         log.warning("step.retryable_error", error=str(exc), retry_after=exc.retry_after)
         return Retry(retry_delay(settings, job.attempts, exc.retry_after), str(exc))
+    except (ProviderAuthError, MissingCredential) as exc:
+        if State(job.state) not in PROVIDER_JOB_LIVE:
+            return Advance(State.FAILED, reason=str(exc), fields={"error": str(exc)})
+        log.error("step.credential_error", error=str(exc))
+        return Retry(retry_delay(settings, job.attempts), str(exc))
     except (PermanentProviderError, UserError) as exc:
         return Advance(State.FAILED, reason=str(exc), fields={"error": str(exc)})
-    except StaleTransition:
-        raise
     except Exception as exc:  # a bug or an unexpected failure: retry, bounded by the scheduler
         log.exception("step.crashed")
         return Retry(retry_delay(settings, job.attempts), f"{type(exc).__name__}: {exc}")
@@ -130,23 +152,31 @@ def _apply(job: Job, lease: str, outcome: Outcome | Retry, settings: Settings,
     state = State(job.state)
     if isinstance(outcome, Advance):
         return _advance(job, lease, state, outcome, settings, engine, dispatch, now)
-    delay = outcome.delay_s
-    later = now + timedelta(seconds=delay)
-    with engine.begin() as conn:
-        if isinstance(outcome, Retry):
-            held = queries.release_lease(conn, job.id, lease=lease, next_run_at=later,
-                                         last_error=outcome.error)
-            return f"retry in {delay:.0f}s" if held else "stale"
-        status = outcome.provider_status
-        if status and status != job.provider_status and can_move(state, state):
-            transition(conn, job.id, source=state, target=state, version=job.version,
-                       reason=f"provider status {status}", provider_status=status,
-                       next_run_at=later, lease_owner=None, lease_expires_at=None, attempts=0,
-                       last_error=None, now=now, lease=lease)
-            return "waiting"
-        held = queries.release_lease(conn, job.id, lease=lease, next_run_at=later,
-                                     attempts=0, provider_status=status or job.provider_status)
-        return "waiting" if held else "stale"
+    later = now + timedelta(seconds=outcome.delay_s)
+    done = f"retry in {outcome.delay_s:.0f}s" if isinstance(outcome, Retry) else "waiting"
+    try:
+        with engine.begin() as conn:
+            if isinstance(outcome, Retry):
+                held = queries.release_lease(conn, job.id, lease=lease, version=job.version,
+                                             next_run_at=later, last_error=outcome.error)
+            elif (outcome.provider_status and outcome.provider_status != job.provider_status
+                    and can_move(state, state)):
+                transition(conn, job.id, source=state, target=state, version=job.version,
+                           reason=f"provider status {outcome.provider_status}",
+                           provider_status=outcome.provider_status, next_run_at=later,
+                           lease_owner=None, lease_expires_at=None, attempts=0,
+                           last_error=None, now=now, lease=lease)
+                held = True
+            else:
+                held = queries.release_lease(
+                    conn, job.id, lease=lease, version=job.version, next_run_at=later,
+                    attempts=0, provider_status=outcome.provider_status or job.provider_status)
+    except StaleTransition:
+        held = False
+    if held:
+        return done
+    _hand_back(engine, job.id, lease, now)
+    return "stale"
 
 
 def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Settings,
@@ -157,7 +187,7 @@ def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Set
         next_lease = new_id("lease")
         fields.update(lease_owner=next_lease,
                       lease_expires_at=now + timedelta(seconds=settings.lease_s),
-                      next_run_at=now, attempts=1, last_error=None)
+                      next_run_at=now, attempts=0, last_error=None)
     try:
         with engine.begin() as conn:
             transition(conn, job.id, source=state, target=outcome.target,
@@ -165,17 +195,29 @@ def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Set
                        now=now, lease=lease, **fields)
     except StaleTransition:
         _cancel_orphan(job, outcome, engine, settings)
-        raise
+        _hand_back(engine, job.id, lease, now)
+        return "stale"
     if next_lease is not None:
-        _dispatch_or_release(dispatch, STEP_FOR_STATE[outcome.target], job.id, next_lease,
-                             engine, now)
+        step = STEP_FOR_STATE[outcome.target]
+        try:
+            dispatch(step, job.id, next_lease)
+        except Exception as exc:  # the broker is down: the scheduler sends it instead
+            log.warning("step.dispatch_failed", next_step=step, error=str(exc))
+            _hand_back(engine, job.id, next_lease, now)
     return outcome.target.value
+
+
+def _hand_back(engine: sa.Engine, job_id: str, lease: str, now: datetime) -> None:
+    """Give the lease back with the job due now, if this step still holds it, so that the
+    scheduler acts on the job at once rather than when the lease expires."""
+    with engine.begin() as conn:
+        queries.release_lease(conn, job_id, lease=lease, next_run_at=now)
 
 
 def _cancel_orphan(job: Job, outcome: Advance, engine: sa.Engine, settings: Settings) -> None:
     """This step created a provider job but lost the race to record it: cancel that job if
-    the tunectl job was cancelled meanwhile or ended up with another provider job (a run
-    that outlived its lease and overlapped its own retry), so nobody pays for it."""
+    the tunectl job was cancelled meanwhile or ended up with another provider job (a stalled
+    run that overlapped its own retry), so nobody pays for it."""
     if outcome.cancel_remote is None:
         return
     with session_scope(engine) as session:
@@ -186,25 +228,12 @@ def _cancel_orphan(job: Job, outcome: Advance, engine: sa.Engine, settings: Sett
     superseded = current.provider_job_id not in (None, outcome.cancel_remote)
     if not (cancelled or superseded):
         return
-    plugin = registry.get(job.provider)
-    ctx = StepContext(settings=settings, engine=engine, plugin=plugin, now=utcnow)
     try:
-        ctx.provider.cancel_job(outcome.cancel_remote)
+        provider = registry.get(job.provider).connect(settings, shared_client(settings))
+        provider.cancel_job(outcome.cancel_remote)
         log.warning("step.cancelled_orphan", provider_job_id=outcome.cancel_remote,
                     why="cancelled meanwhile" if cancelled else "superseded by "
                     f"{current.provider_job_id}")
     except TunectlError as exc:
         log.warning("step.cancel_orphan_failed", provider_job_id=outcome.cancel_remote,
                     error=str(exc))
-
-
-def _dispatch_or_release(dispatch: Dispatch, step: str, job_id: str, lease: str,
-                         engine: sa.Engine, now: datetime) -> None:
-    """Send the next step; if the broker is down, give the lease back for the scheduler."""
-    try:
-        dispatch(step, job_id, lease)
-    except Exception as exc:
-        log.warning("step.dispatch_failed", next_step=step, error=str(exc))
-        with engine.begin() as conn:
-            queries.release_lease(conn, job_id, lease=lease, next_run_at=now,
-                                  last_error=f"could not send the {step} step: {exc}")

@@ -37,9 +37,17 @@ def run(job: Job, ctx: StepContext) -> Outcome:
 def ensure_uploaded(job: Job, ctx: StepContext, sha256: str) -> str | None:
     """The provider file id for ``sha256``, uploading if needed; None while another job is."""
     claimed, resumed = _claim(job, ctx, sha256)
-    if claimed is None:
-        return None
     if isinstance(claimed, str):
+        if ctx.provider.file_exists(claimed):
+            return claimed
+        # Deleted at the provider since (a user tidying up): forget it and upload again.
+        with session_scope(ctx.engine) as session:
+            session.connection().execute(sa.delete(ProviderFile).where(
+                col(ProviderFile.provider) == job.provider,
+                col(ProviderFile.account) == ctx.provider.account,
+                col(ProviderFile.file_id) == claimed))
+        claimed, resumed = _claim(job, ctx, sha256)
+    if claimed is None or isinstance(claimed, str):
         return claimed
     provider = ctx.provider
     mine = (col(ProviderFile.id) == claimed, col(ProviderFile.file_id).is_(None),

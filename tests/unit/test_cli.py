@@ -117,3 +117,33 @@ def test_the_table_views_render(env: dict[str, str], tmp_path: Path,
     assert "cli-job" in tunectl(capsys, "jobs")[1]
     shown = tunectl(capsys, "show", job_id)[1]
     assert "queued" in shown and "submitted from" in shown
+
+
+def test_show_events_fetches_the_provider_jobs_events(env: dict[str, str], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.providers.openai.emulator import Scenario, create_app
+    from tests.helpers import serve_in_thread
+
+    tunectl(capsys, "db", "upgrade")
+    job_id = json.loads(tunectl(capsys, "submit", str(spec_file(tmp_path)), "--json")[1])["id"]
+    with serve_in_thread(create_app(Scenario(job_duration_s=60))) as url:
+        import openai
+
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test-cli-123456")
+        upload = client.files.create(file=("t.jsonl", (tmp_path / "train.jsonl").read_bytes()),
+                                     purpose="fine-tune")
+        remote = client.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18",
+                                                training_file=upload.id)
+        from orchestrator.db.engine import get_engine
+
+        with get_engine(f"sqlite:///{tmp_path}/data/tunectl.db").begin() as conn:
+            conn.exec_driver_sql(f"UPDATE jobs SET provider_job_id = '{remote.id}'")
+        monkeypatch.setenv("TUNECTL_OPENAI_BASE_URL", f"{url}/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-cli-123456")
+        code, out, _ = tunectl(capsys, "show", job_id, "--events", "--json")
+        client.close()
+
+    assert code == 0
+    messages = [e["message"] for e in json.loads(out)["provider_events"]]
+    assert messages[0] == f"Created fine-tuning job: {remote.id}"

@@ -68,3 +68,16 @@ def test_nonsense_timings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNECTL_LEASE_S", "0")
     with pytest.raises(ValueError, match="must be positive"):
         Settings()
+
+
+def test_the_broker_must_not_redeliver_a_running_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNECTL_LEASE_S", "7200")
+    with pytest.raises(ValueError, match="broker_visibility_timeout_s must be above lease_s"):
+        Settings()
+
+
+def test_an_upload_never_outlives_its_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNECTL_LEASE_S", "100")
+    assert Settings().upload_deadline_s == 81.0
+    monkeypatch.setenv("TUNECTL_LEASE_S", "3600")
+    assert Settings().upload_deadline_s == 600.0

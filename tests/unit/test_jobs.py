@@ -72,3 +72,11 @@ class TestCancel:
         with pytest.raises(JobNotFound, match="no job 'job_nope'"), \
                 session_scope(engine) as session:
             job_ops.get(session, "job_nope")
+
+
+def test_a_dataset_that_is_not_a_regular_file_is_refused(settings: Settings, engine: sa.Engine,
+                                                         tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, training_file=Path("/dev/zero"))
+    with pytest.raises(DatasetError, match="/dev/zero: not a regular file"):
+        submit(settings, engine, spec)
+    assert count(engine) == 0

@@ -50,3 +50,14 @@ def test_words_that_merely_contain_sk_are_left_alone() -> None:
     stream, logger = rendered()
     logger.info("x", note="task-1234567 and ask-me-anything")
     assert json.loads(stream.getvalue())["note"] == "task-1234567 and ask-me-anything"
+
+
+def test_token_counts_stay_and_secrets_in_prose_go() -> None:
+    stream, logger = rendered()
+    logger.info("x", billed_tokens=1200, max_tokens=5, access_token="abc",
+                note="retry with api_key=abcdef123 and Authorization: Basic dXNlcjpwYXNz")
+    line = json.loads(stream.getvalue())
+
+    assert (line["billed_tokens"], line["max_tokens"]) == (1200, 5)
+    assert line["access_token"] == "[REDACTED]"
+    assert "abcdef123" not in line["note"] and "dXNlcjpwYXNz" not in line["note"]

@@ -9,7 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.config import Settings
+from orchestrator.db import queries
 from orchestrator.scheduler import Scheduler
+from orchestrator.states import STEP_FOR_STATE
 from tests.helpers import Clock, Pump, make_spec
 
 
@@ -39,8 +41,7 @@ def test_a_broker_outage_frees_the_leases_at_once(pump: Pump, tmp_path: Path) ->
     report = Scheduler(pump.settings, pump.engine, down, now=pump.clock).tick()
     assert report.dispatched == 0
     for job_id in ids:
-        job = pump.job(job_id)
-        assert (job.lease_owner, job.attempts) == (None, 0)
+        assert pump.job(job_id).lease_owner is None
     assert pump.scheduler().tick().dispatched == 3
 
 
@@ -67,12 +68,22 @@ def test_two_schedulers_never_dispatch_the_same_job(pump: Pump, tmp_path: Path) 
     assert len(job_ids) == len(set(job_ids)) == 60
 
 
+def take_up_and_die(pump: Pump) -> None:
+    """A worker starts each sent step and dies before finishing it."""
+    for step, job_id, lease in pump.sent:
+        states = [s.value for s, name in STEP_FOR_STATE.items() if name == step]
+        with pump.engine.begin() as conn:
+            queries.take_up(conn, job_id, lease=lease, states=states, now=pump.clock(),
+                            lease_s=pump.settings.lease_s)
+    pump.sent.clear()
+
+
 def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(pump: Pump,
                                                                  tmp_path: Path) -> None:
     job_id = pump.submit(make_spec(tmp_path)).id
     for _ in range(pump.settings.max_attempts):
         assert pump.scheduler().tick().dispatched == 1
-        pump.sent.clear()  # the worker dies: nothing ever runs the step
+        take_up_and_die(pump)
         pump.clock.advance(pump.settings.lease_s + 1)
     report = pump.scheduler().tick()
 
@@ -82,3 +93,16 @@ def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(pump: Pump,
     assert job.error.startswith("gave up after 5 attempts at the validate step; last error: "
                                 "the lease of lease_")
     assert "(worker lost or task message lost)" in job.error
+
+
+def test_lost_messages_never_count_against_a_job(pump: Pump, tmp_path: Path) -> None:
+    """A broker that loses the step message again and again (flushed, restarted) costs the
+    job time, not attempts: it is never failed for steps that never ran."""
+    job_id = pump.submit(make_spec(tmp_path)).id
+    for _ in range(pump.settings.max_attempts * 2):
+        pump.scheduler().tick()
+        pump.sent.clear()
+        pump.clock.advance(pump.settings.lease_s + 1)
+
+    job = pump.job(job_id)
+    assert (job.state, job.attempts) == ("queued", 0)

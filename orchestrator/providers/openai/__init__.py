@@ -14,9 +14,6 @@ class OpenAIPlugin:
     """OpenAI as a tunectl provider."""
 
     name = "openai"
-    known_models = ("gpt-4.1-2025-04-14", "gpt-4.1-mini-2025-04-14", "gpt-4.1-nano-2025-04-14",
-                    "gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "gpt-3.5-turbo-0125")
-    min_examples = 10
 
     def check_spec(self, spec: JobSpec, source: str) -> None:
         translate.check_spec(spec, source)
@@ -28,7 +25,7 @@ class OpenAIPlugin:
             api_key=settings.credential("openai_api_key"),
             organization=settings.openai_organization,
             project=settings.openai_project,
-            upload_timeout_s=settings.upload_timeout_s,
+            upload_timeout_s=settings.upload_deadline_s,
         )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import structlog
 
-from orchestrator.errors import ProviderUnavailable
+from orchestrator.errors import ProviderRejected, ProviderUnavailable
 from orchestrator.providers import http
 from orchestrator.providers.base import (
     JobRequest,
@@ -74,12 +74,22 @@ class OpenAIClient:
                 return RemoteFile(id=item["id"], bytes=int(item.get("bytes") or 0))
         return None
 
+    def file_exists(self, file_id: str) -> bool:
+        try:
+            self._call("get file", "GET", f"/files/{file_id}")
+        except ProviderRejected as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def upload_file(self, path: Path, sha256: str) -> RemoteFile:
         with path.open("rb") as f:
+            body = http.Deadline(f, self._upload_timeout, provider=PROVIDER)
             data = self._call(
                 "upload file", "POST", "/files",
                 data={"purpose": "fine-tune"},
-                files={"file": (dataset_filename(sha256), f, "application/jsonl")},
+                files={"file": (dataset_filename(sha256), body, "application/jsonl")},
                 timeout=httpx.Timeout(self._upload_timeout, connect=10.0),
             )
         return RemoteFile(id=data["id"], bytes=int(data.get("bytes") or 0))

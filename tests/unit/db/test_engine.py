@@ -12,13 +12,11 @@ from orchestrator.db.engine import make_engine, retry_on_disconnect
 def test_a_dead_connection_is_replaced_and_the_transaction_run_again(
         database_url: str) -> None:
     engine = make_engine(database_url)
-    with engine.connect() as conn:
-        conn.exec_driver_sql("SELECT 1")  # leave one pooled connection behind
+    with engine.connect() as conn:  # leave one pooled connection behind
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
     killer = make_engine(database_url)
-    with killer.begin() as conn:  # what a server restart does to every connection
-        conn.exec_driver_sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    with killer.begin() as conn:  # what a server restart does to that connection
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
     runs: list[int] = []
 
     def transaction() -> int:

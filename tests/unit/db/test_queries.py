@@ -43,12 +43,12 @@ def fetch(engine: sa.Engine, job_id: str) -> Job:
 
 
 class TestClaimDueJobs:
-    def test_claims_due_jobs_in_order_and_counts_an_attempt(self, engine: sa.Engine) -> None:
+    def test_claims_due_jobs_in_order(self, engine: sa.Engine) -> None:
         ids = add_jobs(engine, 3)
 
         claimed = claim(engine, limit=2)
         assert {c.id for c in claimed} == set(sorted(ids)[:2])  # (next_run_at, id) order
-        assert all(c.attempts == 1 and c.state == "queued" and c.version == 1 for c in claimed)
+        assert all(c.attempts == 0 and c.state == "queued" and c.version == 1 for c in claimed)
         job = fetch(engine, claimed[0].id)
         assert (job.lease_owner, job.lease_expires_at) == ("lease_a", NOW + LEASE)
 
@@ -90,20 +90,28 @@ class TestRescueExpiredLeases:
 
         assert queries_rescue(engine, NOW + LEASE - timedelta(seconds=1)) == []
         assert queries_rescue(engine, NOW + LEASE + timedelta(seconds=1)) == [
-            (job_id, "queued", 1)]
+            (job_id, "queued", 0)]
         job = fetch(engine, job_id)
         assert job.lease_owner is None
         assert job.last_error is not None and "lease of lease_a expired" in job.last_error
 
-    def test_a_rescued_job_is_claimable_again_and_counts_another_attempt(
-            self, engine: sa.Engine) -> None:
-        add_jobs(engine, 1)
+    @pytest.mark.parametrize(("started", "attempts"), [
+        pytest.param(False, 0, id="message-lost-before-the-step-started"),
+        pytest.param(True, 1, id="worker-died-during-the-step"),
+    ])
+    def test_a_rescued_job_is_claimable_again_counting_only_started_steps(
+            self, engine: sa.Engine, started: bool, attempts: int) -> None:
+        (job_id,) = add_jobs(engine, 1)
         claim(engine)
+        if started:
+            with engine.begin() as conn:
+                queries.take_up(conn, job_id, lease="lease_a", states=["queued"], now=NOW,
+                                lease_s=LEASE.total_seconds())
         later = NOW + LEASE + timedelta(seconds=1)
         queries_rescue(engine, later)
 
         (again,) = claim(engine, "lease_b", now=later)
-        assert again.attempts == 2
+        assert again.attempts == attempts
 
 
 def queries_rescue(engine: sa.Engine, now: datetime) -> list[tuple[str, str, int]]:
@@ -127,7 +135,7 @@ class TestReleaseLease:
 
 
 class TestTakeUp:
-    def test_a_fresh_lease_is_taken_up_without_a_write(self, engine: sa.Engine) -> None:
+    def test_a_fresh_lease_is_kept_and_the_attempt_counted(self, engine: sa.Engine) -> None:
         (job_id,) = add_jobs(engine, 1)
         claim(engine, "lease_a")
         soon = NOW + timedelta(seconds=10)  # under 10 % of the 5 min lease has gone
@@ -135,7 +143,7 @@ class TestTakeUp:
         with engine.begin() as conn:
             job = queries.take_up(conn, job_id, lease="lease_a", states=["queued"], now=soon,
                                   lease_s=LEASE.total_seconds())
-        assert job is not None and job.id == job_id
+        assert job is not None and job.id == job_id and job.attempts == 1
         assert fetch(engine, job_id).lease_expires_at == NOW + LEASE
 
     def test_a_lease_whose_message_waited_is_renewed_to_a_whole_one(

@@ -81,6 +81,8 @@ def test_the_request_id_and_retry_after_travel_with_the_error() -> None:
     pytest.param({"retry-after": "Tue, 24 Nov 2026 12:00:30 GMT"}, 30.0, id="http-date"),
     pytest.param({"retry-after": "soon"}, None, id="garbage"),
     pytest.param({"retry-after": "-5"}, 0.0, id="negative"),
+    pytest.param({"retry-after": "inf"}, None, id="infinite"),
+    pytest.param({"retry-after-ms": "nan"}, None, id="not-a-number"),
     pytest.param({}, None, id="absent"),
 ])
 def test_retry_after_parsing(headers: dict[str, str], expected: float | None) -> None:
@@ -96,3 +98,17 @@ def test_provider_errors_survive_pickling() -> None:
     back = pickle.loads(pickle.dumps(error))
     assert type(back) is RateLimited
     assert (back.status, back.retry_after, str(back)) == (429, 3.0, str(error))
+
+
+def test_an_upload_past_its_deadline_fails_as_retryable(tmp_path: object) -> None:
+    import io
+    import time
+
+    from orchestrator.providers.http import Deadline
+
+    body = Deadline(io.BytesIO(b"x" * 10), 0.01, provider="p")
+    assert body.read(4) == b"xxxx"
+    time.sleep(0.02)
+    with pytest.raises(ProviderUnavailable, match=r"did not finish within 0\.01 s"):
+        body.read(4)
+    assert body.tell() == 4  # everything else reaches the file

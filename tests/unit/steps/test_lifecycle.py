@@ -13,6 +13,7 @@ from orchestrator.config import Settings
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import ProviderFile
 from orchestrator.providers.base import JobRequest, RemoteJob
+from orchestrator.providers.http import set_shared_client
 from orchestrator.providers.openai.emulator import Scenario
 from tests.helpers import Clock, Pump, in_process_emulator, make_spec
 
@@ -143,7 +144,7 @@ class TestProviderOutcomes:
 
     def test_a_retry_waits_at_least_as_long_as_retry_after(
             self, pump: Pump, clock: Clock, tmp_path: Path) -> None:
-        scenario = Scenario.model_validate({"throttle": {"count": 1, "retry_after_s": 40}})
+        scenario = Scenario.model_validate({"throttle": {"count": 1, "retry_after_s": 25}})
         with in_process_emulator(clock, scenario):
             job = pump.submit(make_spec(tmp_path))
             pump.scheduler().tick()
@@ -153,7 +154,30 @@ class TestProviderOutcomes:
         assert after.state == "uploading"
         assert after.last_error is not None and "HTTP 429" in after.last_error
         assert after.next_run_at is not None
-        assert after.next_run_at >= clock() + timedelta(seconds=40)
+        assert after.next_run_at >= clock() + timedelta(seconds=25)
+
+    @pytest.mark.parametrize("retry_after", ["inf", "1e12", "86400000"])
+    def test_an_absurd_retry_after_is_capped_and_never_crashes_the_step(
+            self, pump: Pump, clock: Clock, tmp_path: Path, retry_after: str,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        import httpx
+
+        def throttled(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(429, headers={"retry-after": retry_after},
+                                  json={"error": {"message": "slow down"}})
+
+        job = pump.submit(make_spec(tmp_path))
+        set_shared_client(httpx.Client(transport=httpx.MockTransport(throttled)))
+        try:
+            pump.scheduler().tick()
+            outcomes = pump.run_sent()
+        finally:
+            set_shared_client(None)
+        after = pump.job(job.id)
+
+        assert outcomes[-1].startswith("retry in")
+        assert after.next_run_at is not None
+        assert after.next_run_at <= clock() + timedelta(seconds=pump.settings.retry_cap_s)
 
     def test_a_permanent_error_fails_the_job_at_once(self, pump: Pump, clock: Clock,
                                                      tmp_path: Path) -> None:
@@ -300,20 +324,26 @@ class TestCancel:
         assert stats["files"] == 0 and stats["jobs"] == 0
         assert states(pump, job.id) == ["queued", "cancelled"]
 
-    def test_a_provider_job_created_after_the_cancel_won_is_cancelled_too(
-            self, pump: Pump, clock: Clock, tmp_path: Path,
+    @pytest.mark.parametrize("create_times_out", [
+        pytest.param(False, id="create-returned"),
+        pytest.param(True, id="create-landed-but-timed-out"),
+    ])
+    def test_a_cancel_during_submit_waits_for_it_and_cancels_what_it_created(
+            self, pump: Pump, clock: Clock, tmp_path: Path, create_times_out: bool,
             monkeypatch: pytest.MonkeyPatch) -> None:
+        from orchestrator.errors import ProviderUnavailable
         from orchestrator.providers.openai.adapter import OpenAIClient
 
         create = OpenAIClient.create_job
 
         def cancel_then_create(self: OpenAIClient, request: JobRequest) -> RemoteJob:
-            # The cancel lands mid-step, and its cancel step finishes before the create does.
-            job_ops.cancel(pump.engine, request.job_id, now=clock())
+            job_ops.cancel(pump.engine, request.job_id, now=clock())  # lands mid-step
             pump.scheduler().tick()
-            pump.run_sent()
-            assert pump.job(request.job_id).state == "cancelled"
-            return create(self, request)
+            assert pump.sent == []  # the cancel step waits: submit still holds the lease
+            remote = create(self, request)
+            if create_times_out:
+                raise ProviderUnavailable("timed out", provider="openai")
+            return remote
 
         monkeypatch.setattr(OpenAIClient, "create_job", cancel_then_create)
         with in_process_emulator(clock, Scenario(job_duration_s=60)) as emulator:
@@ -374,3 +404,63 @@ class TestOverlappingRuns:
         assert remote[recorded] != "cancelled"
         assert sorted(status for rid, status in remote.items() if rid != recorded) == [
             "cancelled"]
+
+
+class TestReuse:
+    def test_a_dataset_deleted_at_the_provider_is_uploaded_again(
+            self, pump: Pump, clock: Clock, tmp_path: Path) -> None:
+        with in_process_emulator(clock, Scenario(job_duration_s=1)) as emulator:
+            first = pump.until_settled(pump.submit(make_spec(tmp_path, name="first")).id)
+            emulator.delete(f"/v1/files/{first.training_file_id}")  # a user tidies up
+            second = pump.until_settled(pump.submit(make_spec(tmp_path, name="second")).id)
+
+        assert second.state == "succeeded"
+        assert second.training_file_id != first.training_file_id
+
+
+class TestLiveProviderJobs:
+    def test_a_credential_error_while_training_is_retried_not_failed(
+            self, pump: Pump, clock: Clock, tmp_path: Path) -> None:
+        """Failing would stop tunectl watching a job that goes on training and billing."""
+        with in_process_emulator(clock, Scenario(job_duration_s=30)):
+            job = pump.submit(make_spec(tmp_path))
+            pump.scheduler().tick()
+            pump.run_sent()
+            assert pump.job(job.id).state == "training"
+            key = pump.settings.openai_api_key
+            pump.settings.openai_api_key = None  # a worker lost its secret
+            clock.advance(pump.settings.poll_interval_s)
+            pump.scheduler().tick()
+            pump.run_sent()
+            stuck = pump.job(job.id)
+            pump.settings.openai_api_key = key  # the operator fixes it
+            done = pump.until_settled(job.id)
+
+        assert stuck.state == "training"
+        assert stuck.last_error is not None and "OPENAI_API_KEY is not set" in stuck.last_error
+        assert done.state == "succeeded"
+
+    def test_a_cancel_during_a_poll_is_acted_on_at_once(self, pump: Pump, clock: Clock,
+                                                         tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        from orchestrator.providers.openai.adapter import OpenAIClient
+
+        get_job = OpenAIClient.get_job
+        cancelled: list[str] = []
+
+        def cancel_during_poll(self: OpenAIClient, provider_job_id: str) -> RemoteJob:
+            if not cancelled:
+                cancelled.append(job_ops.cancel(pump.engine, job.id, now=clock()).state)
+            return get_job(self, provider_job_id)
+
+        with in_process_emulator(clock, Scenario(job_duration_s=600)):
+            job = pump.submit(make_spec(tmp_path))
+            pump.scheduler().tick()
+            pump.run_sent(limit=3)  # validate, upload, submit
+            monkeypatch.setattr(OpenAIClient, "get_job", cancel_during_poll)
+            assert pump.run_sent(limit=1) == ["stale"]  # the poll lost to the cancel
+            pump.scheduler().tick()  # no clock moved: the job is due at once
+            pump.run_sent()
+
+        assert cancelled == ["cancelling"]
+        assert pump.job(job.id).state == "cancelled"
