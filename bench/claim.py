@@ -154,8 +154,8 @@ def run(engine: sa.Engine, args: argparse.Namespace, url: str) -> None:
             timings.append(elapsed * 1000)
         with engine.begin() as conn:  # give the rows back, outside the timing
             conn.execute(sa.text(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL, "
-                "attempts = attempts - 1 WHERE lease_owner = :owner"), {"owner": owner})
+                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE lease_owner = :owner"), {"owner": owner})
     event.remove(engine, "before_cursor_execute", capture)
 
     statement, parameters = captured[-1]
