@@ -121,6 +121,10 @@ def cancel(engine: sa.Engine, job_id: str, *, now: datetime | None = None) -> Jo
                 # never beside a submit that may be creating the provider job right now.
                 target = State.CANCELLING
                 fields = {"next_run_at": now or utcnow(), "attempts": 0, "last_error": None}
+            elif state is State.DEPLOYING:
+                raise UserError(f"job {job_id} is deploying: its training has ended, so it "
+                                f"can no longer be cancelled; stop the deployment with "
+                                f"`tunectl undeploy {job_id}`")
             else:
                 raise UserError(f"job {job_id} is {state}: its training has ended, "
                                 "so it can no longer be cancelled")
