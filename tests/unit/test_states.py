@@ -7,9 +7,9 @@ from pathlib import Path
 
 from orchestrator.states import (
     CANCEL_DIRECTLY,
+    CANCEL_REMOTELY,
     DEPLOYMENT_LIVE,
     DEPLOYMENT_TRANSITIONS,
-    CANCEL_REMOTELY,
     STARTS,
     STEP_FOR_STATE,
     TERMINAL,
@@ -80,4 +80,4 @@ def test_the_deployment_diagram_draws_exactly_the_deployment_table() -> None:
     assert drawn == table
     assert ("[*]", "creating") in edges
     assert {(s.value, "[*]") for s in DeploymentState if not DEPLOYMENT_TRANSITIONS[s]} <= edges
-    assert DEPLOYMENT_LIVE == {s for s in DeploymentState if DEPLOYMENT_TRANSITIONS[s]}
+    assert {s for s in DeploymentState if DEPLOYMENT_TRANSITIONS[s]} == DEPLOYMENT_LIVE

@@ -97,8 +97,8 @@ class TestAutoDeploy:
         assert (deployment.state, deployment.deployed_model) == ("running", done.deployed_model)
         assert deployment.expires_at is not None
         assert (deployment.expires_at - deployment.created_at).total_seconds() == 3600
-        assert [s for s, _ in deployment_history(pump, deployment.id)][0] == "creating"
-        assert [s for s, _ in deployment_history(pump, deployment.id)][-1] == "running"
+        moves = [s for s, _ in deployment_history(pump, deployment.id)]
+        assert (moves[0], moves[-1]) == ("creating", "running")
         statuses = [t.provider_status for t in pump.history(job.id)
                     if (t.from_state, t.to_state) == ("deploying", "deploying")]
         assert "DEPLOYING" in statuses
