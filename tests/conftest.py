@@ -50,6 +50,19 @@ def _restore_logging() -> Iterator[None]:
     structlog.reset_defaults()
 
 
+@pytest.fixture(autouse=True)
+def _close_the_shared_http_client() -> Iterator[None]:
+    """Close the process's provider client a test left open (an in-process CLI run makes
+    one), so its socket never leaks into a later test as a ResourceWarning."""
+    yield
+    from orchestrator.providers import http
+
+    client = http._client
+    if client is not None:
+        client.close()
+        http.set_shared_client(None)
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated database for this test session, on the selected stack."""
