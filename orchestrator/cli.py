@@ -17,13 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator import deployments as deployment_ops
 from orchestrator import jobs as job_ops
 from orchestrator import log
 from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings, get_settings
 from orchestrator.datasets.cli import app as dataset_app
+from orchestrator.db import deployments as deployment_rows
 from orchestrator.db.engine import check_migrated, get_engine, session_scope
-from orchestrator.db.models import Job, JobTransition
+from orchestrator.db.models import Deployment, Job, JobTransition
+from orchestrator.db.types import utcnow
 from orchestrator.errors import ProviderError, UserError
 from orchestrator.providers import registry
 from orchestrator.providers.base import RemoteEvent
@@ -62,7 +65,8 @@ def job_json(job: Job, history: list[JobTransition] | None = None) -> dict[str, 
         "id": job.id, "name": job.name, "provider": job.provider, "base_model": job.base_model,
         "method": job.method, "state": job.state, "provider_status": job.provider_status,
         "provider_job_id": job.provider_job_id, "fine_tuned_model": job.fine_tuned_model,
-        "error": job.error, "labels": job.labels, "idempotency_key": job.idempotency_key,
+        "deployed_model": job.deployed_model, "error": job.error, "labels": job.labels,
+        "idempotency_key": job.idempotency_key,
         "training_file_id": job.training_file_id,
         "validation_file_id": job.validation_file_id, "result": job.result,
         "dataset": job.dataset, "attempts": job.attempts, "last_error": job.last_error,
@@ -77,6 +81,34 @@ def job_json(job: Job, history: list[JobTransition] | None = None) -> dict[str, 
             for t in history
         ]
     return data
+
+
+def deployment_json(d: Deployment, now: datetime | None = None) -> dict[str, Any]:
+    """A deployment as the JSON the CLI prints."""
+    now = now or utcnow()
+    end = d.finished_at or now
+    return {
+        "id": d.id, "job_id": d.job_id, "provider": d.provider, "model": d.model,
+        "deployed_model": d.deployed_model, "state": d.state,
+        "provider_status": d.provider_status, "capacity": d.capacity,
+        "ttl_hours": d.ttl_hours, "expires_at": _iso(d.expires_at),
+        "age_s": round((end - d.created_at).total_seconds(), 1), "error": d.error,
+        "attempts": d.attempts, "last_error": d.last_error,
+        "created_at": _iso(d.created_at), "ready_at": _iso(d.ready_at),
+        "finished_at": _iso(d.finished_at),
+    }
+
+
+def _age(seconds: float) -> str:
+    """4s, 12m, 3h05m, 2d04h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def _print_json(data: Any) -> None:
@@ -132,9 +164,11 @@ def show(
     with session_scope(engine) as session:
         job = job_ops.get(session, job_id)
         history = job_ops.history(session, job_id)
+        deployments = deployment_rows.for_job(session, job_id)
     remote = _provider_events(settings, job) if events else None
     if as_json:
         data = job_json(job, history)
+        data["deployments"] = [deployment_json(d) for d in deployments]
         if remote is not None:
             data["provider_events"] = [{"at": _iso(e.at), "level": e.level,
                                         "message": e.message} for e in remote]
@@ -144,7 +178,8 @@ def show(
     for label, value in (("provider", f"{job.provider} ({job.base_model}, {job.method})"),
                          ("provider job", job.provider_job_id),
                          ("provider status", job.provider_status),
-                         ("tuned model", job.fine_tuned_model), ("error", job.error),
+                         ("tuned model", job.fine_tuned_model),
+                         ("deployed model", job.deployed_model), ("error", job.error),
                          ("last error", job.last_error if job.state != "failed" else None)):
         if value:
             out.print(f"  {label}: {value}")
@@ -153,6 +188,8 @@ def show(
         table.add_row(str(t.seq), t.at.strftime("%H:%M:%S.%f")[:-3], t.from_state or "",
                       t.to_state, t.provider_status or "", t.reason or "")
     out.print(table)
+    if deployments:
+        out.print(_deployments_table(deployments, title="deployments"))
     if remote is not None:
         provider_table = Table("at", "level", "message", title="provider events")
         for e in remote:
@@ -177,6 +214,64 @@ def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     engine = _engine(_settings())
     job = job_ops.cancel(engine, job_id)
     out.print(f"{job.id}: {job.state}")
+
+
+@app.command()
+def deploy(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    capacity: Annotated[int | None, typer.Option(min=1, help="Capacity units (default: the "
+                                                 "spec's deploy.capacity, else 1).")] = None,
+    ttl_hours: Annotated[float | None, typer.Option(help="Delete it after this many hours "
+                                                    "(default: the spec's, else "
+                                                    "TUNECTL_DEPLOY_TTL_HOURS).")] = None,
+) -> None:
+    """Deploy a finished job's tuned model again (after a failed or deleted deployment)."""
+    engine = _engine(_settings())
+    job = deployment_ops.deploy(engine, job_id, capacity=capacity, ttl_hours=ttl_hours)
+    out.print(f"{job.id}: {job.state} ({job.fine_tuned_model}); the deploy step creates the "
+              "deployment", highlight=False)
+
+
+@app.command()
+def undeploy(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Delete a job's deployment (it stops billing once the provider has deleted it)."""
+    engine = _engine(_settings())
+    done = deployment_ops.undeploy(engine, job_id)
+    assert done.deployment is not None
+    d = done.deployment
+    verb = "deleting" if done.changed else "already being deleted"
+    out.print(f"{done.job.id}: deployment {d.deployed_model or d.id} {verb}; "
+              "`tunectl deployments --all` shows when it is gone", highlight=False)
+
+
+@app.command("deployments")
+def list_deployments(
+    everything: Annotated[bool, typer.Option("--all", help="Also deleted and failed ones.")]
+    = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """List deployments (live ones unless --all), newest first, with age and capacity."""
+    engine = _engine(_settings())
+    found = deployment_ops.listed(engine, everything=everything)
+    if as_json:
+        _print_json([deployment_json(d) for d in found])
+        return
+    out.print(_deployments_table(found))
+
+
+def _deployments_table(found: list[Deployment], title: str | None = None) -> Table:
+    now = utcnow()
+    table = Table("id", "job", "deployed model", "state", "provider status", "capacity",
+                  "age", "expires in", title=title)
+    for d in found:
+        expires = ""
+        if d.expires_at is not None and d.finished_at is None:
+            left = (d.expires_at - now).total_seconds()
+            expires = _age(left) if left > 0 else "due"
+        age = ((d.finished_at or now) - d.created_at).total_seconds()
+        table.add_row(d.id, d.job_id, d.deployed_model or "", d.state, d.provider_status or "",
+                      str(d.capacity), _age(age), expires)
+    return table
 
 
 @app.command()
@@ -255,12 +350,16 @@ def emulator(
     job_duration: Annotated[float, typer.Option(min=0, help="Seconds a job trains.")] = 3.0,
     api_key: Annotated[str | None, typer.Option(help="Accept only this key.")] = None,
 ) -> None:
-    """Serve the provider emulators (OpenAI at /v1)."""
-    from orchestrator.providers.openai.emulator import Scenario, serve
+    """Serve every provider's emulator from one process (OpenAI at /v1, DashScope at
+    /dashscope/api/v1)."""
+    from orchestrator.providers.emulation import combined_app, installed_emulators, serve
 
     _settings()
-    out.print(f"OpenAI emulator on http://{host}:{port}/v1", highlight=False)
-    serve(host, port, Scenario(job_duration_s=job_duration), api_key=api_key)
+    mounts = installed_emulators(job_duration_s=job_duration, api_key=api_key)
+    for m in mounts:
+        out.print(f"{m.title} emulator on http://{host}:{port}{m.prefix}{m.api_path}",
+                  highlight=False)
+    serve(host, port, combined_app(mounts))
 
 
 @app.command()

@@ -46,6 +46,21 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("OPENAI_PROJECT_ID", "TUNECTL_OPENAI_PROJECT")
     )
 
+    dashscope_base_url: str = "https://dashscope.aliyuncs.com/api/v1"
+    dashscope_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DASHSCOPE_API_KEY", "TUNECTL_DASHSCOPE_API_KEY"),
+    )
+    dashscope_workspace: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DASHSCOPE_WORKSPACE_ID", "TUNECTL_DASHSCOPE_WORKSPACE"),
+    )
+
+    #: Hours a deployment lives when its spec sets no ttl_hours (0: until undeployed).
+    deploy_ttl_hours: float = 24.0
+    #: How long a new deployment may take to serve before it is deleted and its job fails.
+    deploy_timeout_s: float = 3600.0
+
     http_timeout_s: float = 60.0
     upload_timeout_s: float = 600.0
     poll_interval_s: float = 30.0
@@ -67,6 +82,9 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
         if self.lease_s <= 0 or self.poll_interval_s <= 0 or self.scheduler_tick_s <= 0:
             raise ValueError("lease_s, poll_interval_s and scheduler_tick_s must be positive")
+        if self.deploy_ttl_hours < 0 or self.deploy_timeout_s <= 0:
+            raise ValueError("deploy_ttl_hours must be 0 (no expiry) or more, and "
+                             "deploy_timeout_s positive")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.broker_visibility_timeout_s <= self.lease_s:

@@ -1,4 +1,5 @@
-"""``tunectl demo``: the emulator, the daemon and the example jobs, watched live.
+"""``tunectl demo``: the emulators, the daemon and the example jobs, watched live: three
+OpenAI jobs and a DashScope job that deploys its tuned model.
 
 Everything runs on the embedded default (SQLite + Celery's SQLAlchemy transport) in
 ``<data dir>/demo``, which the demo wipes first: no servers, no keys, no cost.
@@ -35,6 +36,7 @@ EXAMPLES = {
     "tone-dpo.yaml": "succeeded",
     "broken-dataset.yaml": "failed",
     "provider-failure.yaml": "failed",
+    "qwen-support.yaml": "succeeded",
 }
 
 
@@ -69,9 +71,11 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
     home.mkdir(parents=True)
     port = _free_port()
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TUNECTL_") and k not in ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE")}
+           if not k.startswith(("TUNECTL_", "OPENAI_", "DASHSCOPE_"))}
     env.update(TUNECTL_DATA_DIR=str(home), TUNECTL_OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
-               OPENAI_API_KEY="sk-emulator-demo", TUNECTL_POLL_INTERVAL_S="0.5",
+               TUNECTL_DASHSCOPE_BASE_URL=f"http://127.0.0.1:{port}/dashscope/api/v1",
+               OPENAI_API_KEY="sk-emulator-demo", DASHSCOPE_API_KEY="sk-emulator-demo",
+               TUNECTL_POLL_INTERVAL_S="0.5",
                TUNECTL_SCHEDULER_TICK_S="0.2", TUNECTL_RETRY_BASE_S="0.5")
     demo_settings = Settings(data_dir=home)
     log = home / "daemon.log"
@@ -82,8 +86,8 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
                                  str(job_duration), env=env, log=log))
         deadline = time.monotonic() + 30
         _wait_for(f"http://127.0.0.1:{port}/_emulator/stats", deadline)
-        console.print(f"OpenAI emulator listening on http://127.0.0.1:{port}/v1",
-                      highlight=False)
+        console.print(f"OpenAI emulator listening on http://127.0.0.1:{port}/v1, DashScope "
+                      f"on http://127.0.0.1:{port}/dashscope/api/v1", highlight=False)
         subprocess.run([sys.executable, "-m", "orchestrator.cli", "db", "upgrade"], env=env,
                        check=True, stdout=subprocess.DEVNULL)
         children.append(_tunectl("up", env=env, log=log))
@@ -109,7 +113,8 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
             console.print(f"[red]{name} ended {final[name].state}, expected "
                           f"{EXAMPLES[name + '.yaml']}[/red]")
         console.print(f"\nInspect: TUNECTL_DATA_DIR={home} tunectl show "
-                      f"{final['support-bot'].id}", highlight=False, soft_wrap=True)
+                      f"{final['support-bot'].id}; deployments: TUNECTL_DATA_DIR={home} "
+                      "tunectl deployments", highlight=False, soft_wrap=True)
         return 1 if wrong else 0
     finally:
         for child in reversed(children):
@@ -145,9 +150,9 @@ def _watch(console: Console, engine: object, names: dict[str, str], deadline: fl
 
 
 def _summary(console: Console, jobs: list[Job]) -> None:
-    table = Table("job", "state", "tuned model / reason", title="Result")
+    table = Table("job", "state", "tuned model / reason", "deployed model", title="Result")
     for job in sorted(jobs, key=lambda j: j.created_at):
         detail = job.fine_tuned_model or job.error or ""
-        table.add_row(job.name, job.state, escape(detail))
+        table.add_row(job.name, job.state, escape(detail), escape(job.deployed_model or ""))
     console.print()
     console.print(table)

@@ -41,7 +41,11 @@ def submit(engine: sa.Engine, blobs: BlobStore, spec: JobSpec, *, source: str,
     checked_plugin(spec, source)
     training_blob = blobs.put_file(spec.training_file)
     validation_blob = blobs.put_file(spec.validation_file) if spec.validation_file else None
-    stored = spec.model_dump(mode="json", exclude={"training_file", "validation_file"})
+    # A field added after jobs were stored is left out while unset, so a spec submitted
+    # again with its idempotency key after an upgrade still matches its job's digest.
+    unset_new = {"training_type"} if spec.training_type is None else set()
+    stored = spec.model_dump(mode="json",
+                             exclude={"training_file", "validation_file", *unset_new})
     digest = hashlib.sha256(json.dumps(
         {**stored, "training_blob": training_blob, "validation_blob": validation_blob},
         sort_keys=True).encode()).hexdigest()
@@ -121,6 +125,10 @@ def cancel(engine: sa.Engine, job_id: str, *, now: datetime | None = None) -> Jo
                 # never beside a submit that may be creating the provider job right now.
                 target = State.CANCELLING
                 fields = {"next_run_at": now or utcnow(), "attempts": 0, "last_error": None}
+            elif state is State.DEPLOYING:
+                raise UserError(f"job {job_id} is deploying: its training has ended, so it "
+                                f"can no longer be cancelled; stop the deployment with "
+                                f"`tunectl undeploy {job_id}`")
             else:
                 raise UserError(f"job {job_id} is {state}: its training has ended, "
                                 "so it can no longer be cancelled")

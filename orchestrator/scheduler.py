@@ -22,6 +22,7 @@ from orchestrator.db.transition import transition
 from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import StaleTransition
 from orchestrator.states import PROVIDER_JOB_LIVE, STEP_FOR_STATE, State
+from orchestrator.steps import UNDEPLOY
 from orchestrator.steps.runner import Dispatch
 
 log = structlog.get_logger("tunectl.scheduler")
@@ -34,6 +35,8 @@ class TickReport:
     rescued: int
     dispatched: int
     gave_up: int
+    #: Deployments sent to the undeploy step (TTL expired, undeploy requested, orphaned).
+    undeploying: int = 0
 
 
 class Scheduler:
@@ -44,7 +47,17 @@ class Scheduler:
         self.settings, self.engine, self.dispatch, self.now = settings, engine, dispatch, now
 
     def tick(self) -> TickReport:
-        """Rescue expired leases, then claim and dispatch due jobs in batches."""
+        """Rescue expired leases, claim and dispatch due jobs in batches, then the
+        deployments that must be deleted."""
+        report = self._jobs()
+        try:
+            undeploying = self._deployments(self.now())
+        except Exception as exc:  # the jobs' report still counts
+            log.error("scheduler.deployments_failed", error=str(exc))
+            undeploying = 0
+        return TickReport(report.rescued, report.dispatched, report.gave_up, undeploying)
+
+    def _jobs(self) -> TickReport:
         now = self.now()
         with session_scope(self.engine) as session:
             rescued = queries.rescue_expired_leases(session, now=now)
@@ -76,6 +89,32 @@ class Scheduler:
             if len(claimed) < self.settings.scheduler_batch:
                 return TickReport(len(rescued), dispatched, gave_up)
 
+    def _deployments(self, now: datetime) -> int:
+        """Free expired deployment leases, then send the undeploy step for every deployment
+        that is due. Never gives up on one: a deployment bills until it is deleted."""
+        with session_scope(self.engine) as session:
+            rescued = queries.rescue_expired_deployment_leases(session, now=now)
+        for deployment_id, state, attempts in rescued:
+            log.warning("scheduler.deployment_lease_expired", deployment_id=deployment_id,
+                        state=state, attempts=attempts)
+        lease = new_id("lease")
+        with session_scope(self.engine) as session:
+            claimed = queries.claim_due_deployments(
+                session, owner=lease, now=now, limit=self.settings.scheduler_batch,
+                until=now + timedelta(seconds=self.settings.lease_s))
+        for i, (deployment_id, _, _, _) in enumerate(claimed):
+            try:
+                self.dispatch(UNDEPLOY, deployment_id, lease)
+            except Exception as exc:
+                log.error("scheduler.dispatch_failed", deployment_id=deployment_id,
+                          error=str(exc))
+                with session_scope(self.engine) as session:
+                    for rest, *_ in claimed[i:]:
+                        queries.release_deployment_lease(session, rest, lease=lease,
+                                                         next_run_at=now, last_error=None)
+                return i
+        return len(claimed)
+
     def _give_up(self, job: queries.Claimed, now: datetime) -> int:
         step = STEP_FOR_STATE[State(job.state)]
         reason = (f"gave up after {job.attempts} attempts at the {step} step; "
@@ -83,6 +122,8 @@ class Scheduler:
         if job.provider_job_id and State(job.state) in PROVIDER_JOB_LIVE:
             reason += (f"; provider job {job.provider_job_id} may still be running: "
                        "check or cancel it at the provider")
+        if State(job.state) is State.DEPLOYING:
+            reason += "; the scheduler deletes its deployment, if one was created"
         try:
             with session_scope(self.engine) as session:
                 transition(session, job.id, source=State(job.state), target=State.FAILED,
@@ -98,9 +139,10 @@ class Scheduler:
         while not stop.is_set():
             try:
                 report = self.tick()
-                if report.rescued or report.dispatched or report.gave_up:
+                if report.rescued or report.dispatched or report.gave_up or report.undeploying:
                     log.info("scheduler.tick", rescued=report.rescued,
-                             dispatched=report.dispatched, gave_up=report.gave_up)
+                             dispatched=report.dispatched, gave_up=report.gave_up,
+                             undeploying=report.undeploying)
             except sa.exc.OperationalError as exc:
                 log.error("scheduler.database_unavailable", error=str(exc).splitlines()[0])
             except Exception:  # a bug must not stop the loop that re-drives every job

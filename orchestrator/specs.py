@@ -60,6 +60,8 @@ class JobSpec(BaseModel):
     provider: str = Field(min_length=1, max_length=40)
     base_model: str = Field(min_length=1, max_length=200)
     method: Literal["sft", "dpo"] = "sft"
+    #: The provider's own training variant (DashScope: sft, efficient_sft, dpo_full, dpo_lora).
+    training_type: str | None = Field(default=None, min_length=1, max_length=40)
     training_file: Path
     validation_file: Path | None = None
     hyperparameters: dict[str, Hyperparameter] = Field(default_factory=dict)
@@ -131,12 +133,16 @@ def load_spec(path: Path) -> JobSpec:
 def checked_plugin(spec: JobSpec, source: str) -> ProviderPlugin:
     """The spec's provider plugin, after it checked the spec; raises SpecError."""
     from orchestrator.providers import registry
+    from orchestrator.providers.base import deploys
 
     try:
         plugin = registry.get(spec.provider)
     except UnknownProvider as exc:
         raise SpecError(source, "provider", str(exc)) from None
     plugin.check_spec(spec, source)
+    if spec.deploy is not None and not deploys(plugin):
+        raise SpecError(source, "deploy", f"{spec.provider} serves tuned models without a "
+                        "deployment; remove the deploy block")
     return plugin
 
 

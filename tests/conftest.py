@@ -22,7 +22,7 @@ STACK = os.environ.get("TUNECTL_TEST_STACK", "embedded")
 PG_ADMIN_URL = os.environ.get("TUNECTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TUNECTL_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 API_KEY = "sk-test-4f9a8b7c6d5e"
-TABLES = ("job_transitions", "provider_files", "jobs")
+TABLES = ("deployment_transitions", "deployments", "job_transitions", "provider_files", "jobs")
 
 if STACK not in ("embedded", "production"):
     raise pytest.UsageError(f"TUNECTL_TEST_STACK={STACK!r}: use embedded or production")
@@ -48,6 +48,19 @@ def _restore_logging() -> Iterator[None]:
     root.handlers[:] = handlers
     root.setLevel(level)
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _close_the_shared_http_client() -> Iterator[None]:
+    """Close the process's provider client a test left open (an in-process CLI run makes
+    one), so its socket never leaks into a later test as a ResourceWarning."""
+    yield
+    from orchestrator.providers import http
+
+    client = http._client
+    if client is not None:
+        client.close()
+        http.set_shared_client(None)
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +127,7 @@ def settings(tmp_path: Path, database_url: str, broker_url: str) -> Settings:
     return Settings(
         data_dir=tmp_path / "data", database_url=database_url, broker_url=broker_url,
         openai_base_url="http://emulator.test/v1", openai_api_key=API_KEY,
+        dashscope_base_url="http://emulator.test/dashscope/api/v1", dashscope_api_key=API_KEY,
         poll_interval_s=1.0, scheduler_tick_s=0.05, lease_s=60.0, retry_base_s=1.0,
         retry_cap_s=30.0, max_attempts=5,
     )

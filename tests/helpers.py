@@ -1,5 +1,6 @@
-"""Test helpers: a settable clock, an in-process OpenAI emulator, and a synchronous pump
-that runs dispatched steps the way a worker would (same runner, no broker)."""
+"""Test helpers: a settable clock, the in-process provider emulators (OpenAI at the root,
+DashScope under /dashscope, as `tunectl emulator` serves them), and a synchronous pump that
+runs dispatched steps the way a worker would (same runner, no broker)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Job, JobTransition
+from orchestrator.providers import emulation
+from orchestrator.providers.dashscope import emulator as dashscope_emulator
 from orchestrator.providers.http import set_shared_client
 from orchestrator.providers.openai.emulator import Scenario, create_app
 from orchestrator.scheduler import Scheduler
@@ -42,9 +45,18 @@ class Clock:
 
 
 @contextmanager
-def in_process_emulator(clock: Clock, scenario: Scenario | None = None) -> Iterator[TestClient]:
-    """The OpenAI emulator as the process's provider HTTP client (no sockets)."""
-    client = TestClient(create_app(scenario, clock=clock.epoch), base_url="http://emulator.test",
+def in_process_emulator(
+    clock: Clock, scenario: Scenario | None = None,
+    dashscope: dashscope_emulator.Scenario | None = None,
+) -> Iterator[TestClient]:
+    """The emulators as the process's provider HTTP client (no sockets): OpenAI at /v1,
+    DashScope at /dashscope/api/v1 (admin at /dashscope/_emulator)."""
+    app = emulation.combined_app([
+        emulation.EmulatorMount("OpenAI", "", "/v1", create_app(scenario, clock=clock.epoch)),
+        emulation.EmulatorMount("DashScope", dashscope_emulator.PREFIX, "/api/v1",
+                                dashscope_emulator.create_app(dashscope, clock=clock.epoch)),
+    ])
+    client = TestClient(app, base_url="http://emulator.test",
                         headers={"authorization": "Bearer sk-test-admin"})
     set_shared_client(client)
     try:
@@ -71,6 +83,17 @@ def write_dataset(path: Path, examples: int = 12, *, method: str = "sft") -> Pat
         lines.append(json.dumps(record))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def make_dashscope_spec(tmp: Path, **overrides: Any) -> JobSpec:
+    """A valid DashScope SFT spec for qwen-turbo that deploys, with its dataset in ``tmp``."""
+    data: dict[str, Any] = {
+        "name": "qwen-job", "provider": "dashscope", "base_model": "qwen-turbo",
+        "training_file": write_dataset(tmp / "train.jsonl"),
+        "hyperparameters": {"n_epochs": 2}, "deploy": {"capacity": 2, "ttl_hours": 1},
+    }
+    data.update(overrides)
+    return JobSpec.model_validate(data)
 
 
 def make_spec(tmp: Path, **overrides: Any) -> JobSpec:

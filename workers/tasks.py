@@ -8,7 +8,7 @@ from typing import Any
 
 from orchestrator.config import get_settings
 from orchestrator.db.engine import get_engine
-from orchestrator.steps import STEPS
+from orchestrator.steps import STEPS, UNDEPLOY
 from orchestrator.steps.runner import run_step
 from workers.app import QUEUE, app
 
@@ -19,6 +19,7 @@ def dispatch(step: str, job_id: str, lease: str) -> None:
 
 
 def _make_task(step: str) -> Any:
+    # For the undeploy step, ``job_id`` is a deployment id (the message shape is the same).
     def task(job_id: str, lease: str) -> str:
         settings = get_settings()
         return run_step(step, job_id, lease, settings=settings,
@@ -29,4 +30,4 @@ def _make_task(step: str) -> Any:
     return app.task(name=f"tunectl.step.{step}")(task)
 
 
-TASKS = {step: _make_task(step) for step in STEPS}
+TASKS = {step: _make_task(step) for step in (*STEPS, UNDEPLOY)}

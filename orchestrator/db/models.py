@@ -1,4 +1,5 @@
-"""The tables: jobs, their append-only transition history, and uploaded provider files.
+"""The tables: jobs, their append-only transition history, uploaded provider files, and
+deployments of tuned models with their own history.
 
 The tables hold their own invariants as CHECK constraints, so that no code path (or a
 hand-written UPDATE from an operator) can leave a job half-terminal or half-leased.
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from orchestrator.db.types import JSONDict, TZDateTime, utcnow
-from orchestrator.states import TERMINAL, State
+from orchestrator.states import DEPLOYMENT_LIVE, TERMINAL, DeploymentState, State
 
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(column_0_label)s",
@@ -86,6 +87,8 @@ class Job(SQLModel, table=True):
     training_file_id: str | None = Field(default=None, max_length=200)
     validation_file_id: str | None = Field(default=None, max_length=200)
     fine_tuned_model: str | None = Field(default=None, max_length=300)
+    #: The deployment's model id that clients call, while a deployment of the job serves.
+    deployed_model: str | None = Field(default=None, max_length=300)
     result: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDict)
     #: The validate step's dataset summary (examples, token statistics, billed tokens,
     #: estimated cost, warnings) for dashboards; null until the datasets are validated.
@@ -151,3 +154,91 @@ class ProviderFile(SQLModel, table=True):
     claimed_until: datetime | None = _tz(default=None)
     created_at: datetime = _tz(default_factory=utcnow)
     uploaded_at: datetime | None = _tz(default=None)
+
+
+_DEPLOYMENT_STATES = ", ".join(f"'{s.value}'" for s in DeploymentState)
+_DEPLOYMENT_LIVE = ", ".join(f"'{s.value}'" for s in sorted(DEPLOYMENT_LIVE))
+
+
+class Deployment(SQLModel, table=True):
+    """One deployment of a job's tuned model at its provider; it bills while it lives.
+
+    The deploy step owns a deployment while its job is ``deploying``; after that the
+    scheduler claims it (under a lease, like a job) when it is due: its TTL expired, an
+    undeploy was requested, or its job no longer wants it.
+    """
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        sa.CheckConstraint(f"state IN ({_DEPLOYMENT_STATES})", name="state_known"),
+        sa.CheckConstraint(
+            "deployed_model IS NOT NULL OR state IN ('creating', 'deleting', 'deleted', "
+            "'failed')", name="created_has_id"),
+        sa.CheckConstraint("(state IN ('deleted', 'failed')) = (finished_at IS NOT NULL)",
+                           name="finished_iff_terminal"),
+        sa.CheckConstraint(
+            "state NOT IN ('deleted', 'failed') OR (next_run_at IS NULL AND lease_owner IS NULL)",
+            name="terminal_is_idle"),
+        sa.CheckConstraint(
+            "(lease_owner IS NULL) = (lease_expires_at IS NULL)", name="lease_complete"),
+        sa.CheckConstraint("version >= 1 AND attempts >= 0 AND capacity >= 1",
+                           name="counters"),
+        # At most one deployment of a job may exist at the provider at a time.
+        sa.Index("uq_deployments_live_job", "job_id", unique=True,
+                 postgresql_where=sa.text(f"state IN ({_DEPLOYMENT_LIVE})"),
+                 sqlite_where=sa.text(f"state IN ({_DEPLOYMENT_LIVE})")),
+        # The scheduler's claim: live deployments, due or unleased.
+        sa.Index("ix_deployments_live", "state", "next_run_at",
+                 postgresql_where=sa.text(f"state IN ({_DEPLOYMENT_LIVE})"),
+                 sqlite_where=sa.text(f"state IN ({_DEPLOYMENT_LIVE})")),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    job_id: str = Field(foreign_key="jobs.id", max_length=40, index=True)
+    provider: str = Field(max_length=40)
+    #: The provider account that holds it (a fingerprint, never the key).
+    account: str = Field(max_length=64)
+    #: The tuned model it serves.
+    model: str = Field(max_length=300)
+    #: The provider's id for it, the model name clients call; null until created.
+    deployed_model: str | None = Field(default=None, max_length=300)
+    capacity: int
+    ttl_hours: float | None = None
+    #: When the scheduler deletes it (created + ttl); null: until undeployed.
+    expires_at: datetime | None = _tz(default=None)
+
+    state: str = Field(default=DeploymentState.CREATING.value, max_length=20)
+    version: int = 1
+    provider_status: str | None = Field(default=None, max_length=60)
+    error: str | None = None
+
+    next_run_at: datetime | None = _tz(default=None)
+    lease_owner: str | None = Field(default=None, max_length=80)
+    lease_expires_at: datetime | None = _tz(default=None)
+    attempts: int = 0
+    last_error: str | None = None
+
+    created_at: datetime = _tz(default_factory=utcnow)
+    updated_at: datetime = _tz(default_factory=utcnow)
+    ready_at: datetime | None = _tz(default=None)
+    finished_at: datetime | None = _tz(default=None)
+
+
+class DeploymentTransition(SQLModel, table=True):
+    """One state change of one deployment; append-only, ``seq`` gapless per deployment."""
+
+    __tablename__ = "deployment_transitions"
+    __table_args__ = (sa.UniqueConstraint("deployment_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=_BIGINT_ID)
+    deployment_id: str = Field(foreign_key="deployments.id", max_length=40)
+    seq: int
+    from_state: str | None = Field(default=None, max_length=20)
+    to_state: str = Field(max_length=20)
+    provider_status: str | None = Field(default=None, max_length=60)
+    reason: str | None = None
+    at: datetime = _tz(default_factory=utcnow)
+
+
+DEPLOYMENTS: sa.Table = Deployment.__table__  # type: ignore[attr-defined]
+DEPLOYMENT_HISTORY: sa.Table = DeploymentTransition.__table__  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from orchestrator.config import STEP_SHARE_OF_LEASE
-from orchestrator.db.models import JOBS, Job
+from orchestrator.db.models import DEPLOYMENTS, JOBS, Deployment, Job
 from orchestrator.db.types import TZDateTime
 
 #: Statements run on a session's connection or on a bare connection (the hot path).
@@ -156,4 +156,94 @@ def release_lease(
     if version is not None:
         guard.append(JOBS.c.version == version)
     result = connection(db).execute(sa.update(JOBS).where(*guard).values(**values))
+    return bool(result.rowcount)
+
+
+# --- Deployments ------------------------------------------------------------------------------
+
+_DUE_DEPLOYMENTS = """
+    SELECT d.id FROM deployments d JOIN jobs j ON j.id = d.job_id
+    WHERE d.lease_owner IS NULL
+      AND d.state IN ('creating', 'deploying', 'running', 'deleting')
+      -- While its job is deploying, the job's deploy step owns the deployment.
+      AND j.state <> 'deploying'
+      AND (d.next_run_at <= :now
+           -- Its job no longer wants it: anything but a succeeded job's serving deployment.
+           OR (d.next_run_at IS NULL AND NOT (j.state = 'succeeded' AND d.state = 'running')))
+    ORDER BY d.next_run_at NULLS FIRST, d.id
+    LIMIT :limit
+"""
+
+_CLAIM_DUE_DEPLOYMENTS = {
+    # Served by the partial index ix_deployments_live (state, next_run_at) over live states.
+    "postgresql": f"""
+        WITH due AS MATERIALIZED ({_DUE_DEPLOYMENTS} FOR UPDATE OF d SKIP LOCKED)
+        UPDATE deployments SET lease_owner = :owner, lease_expires_at = :until
+        WHERE id IN (SELECT id FROM due)
+        RETURNING id, state, version, attempts
+    """,
+    "sqlite": f"""
+        UPDATE deployments SET lease_owner = :owner, lease_expires_at = :until
+        WHERE id IN ({_DUE_DEPLOYMENTS})
+        RETURNING id, state, version, attempts
+    """,
+}
+
+_RESCUE_EXPIRED_DEPLOYMENT_LEASES = """
+    UPDATE deployments SET lease_owner = NULL, lease_expires_at = NULL,
+        last_error = 'the lease of ' || lease_owner || ' expired before its step finished'
+            || ' (worker lost or task message lost)'
+    WHERE lease_owner IS NOT NULL AND lease_expires_at < :now
+    RETURNING id, state, attempts
+"""
+
+
+def claim_due_deployments(db: DB, *, owner: str, now: datetime, until: datetime,
+                          limit: int) -> list[tuple[str, str, int, int]]:
+    """Lease up to ``limit`` deployments the scheduler must act on to ``owner``: those whose
+    TTL expired or whose undeploy is due (``next_run_at``), and those whose job no longer
+    wants them (the job failed or was re-deployed while one still existed).
+
+    Returns (deployment id, state, version, attempts) for each.
+    """
+    stmt = sa.text(_CLAIM_DUE_DEPLOYMENTS[connection(db).dialect.name]).bindparams(
+        sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime()))
+    rows = connection(db).execute(
+        stmt, {"now": now, "until": until, "owner": owner, "limit": limit})
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def rescue_expired_deployment_leases(db: DB, *, now: datetime) -> list[tuple[str, str, int]]:
+    """Free the deployment leases that expired; returns (id, state, attempts) of each."""
+    stmt = sa.text(_RESCUE_EXPIRED_DEPLOYMENT_LEASES).bindparams(
+        sa.bindparam("now", type_=TZDateTime()))
+    return [(r[0], r[1], r[2]) for r in connection(db).execute(stmt, {"now": now})]
+
+
+def take_up_deployment(db: DB, deployment_id: str, *, lease: str, now: datetime,
+                       lease_s: float) -> Deployment | None:
+    """Start the undeploy step: the deployment if ``lease`` still holds it and has not
+    lapsed (counting the attempt and renewing a lease that waited); None otherwise."""
+    renew_before = now + timedelta(seconds=lease_s * STEP_SHARE_OF_LEASE)
+    expires = DEPLOYMENTS.c.lease_expires_at
+    row = connection(db).execute(
+        sa.update(DEPLOYMENTS)
+        .where(DEPLOYMENTS.c.id == deployment_id, DEPLOYMENTS.c.lease_owner == lease,
+               expires > now)
+        .values(attempts=DEPLOYMENTS.c.attempts + 1,
+                lease_expires_at=sa.case((expires < renew_before,
+                                          now + timedelta(seconds=lease_s)), else_=expires))
+        .returning(*DEPLOYMENTS.c)
+    ).one_or_none()
+    return None if row is None else Deployment(**row._mapping)
+
+
+def release_deployment_lease(db: DB, deployment_id: str, *, lease: str,
+                             next_run_at: datetime | None, last_error: str | None) -> bool:
+    """Give a deployment's lease back, due again at ``next_run_at``; False if it was lost."""
+    result = connection(db).execute(
+        sa.update(DEPLOYMENTS)
+        .where(DEPLOYMENTS.c.id == deployment_id, DEPLOYMENTS.c.lease_owner == lease)
+        .values(lease_owner=None, lease_expires_at=None, next_run_at=next_run_at,
+                last_error=last_error))
     return bool(result.rowcount)

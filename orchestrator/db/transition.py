@@ -23,8 +23,8 @@ from orchestrator.states import TERMINAL, State, can_move
 #: Job columns a transition may set besides the state itself.
 WRITABLE = frozenset({
     "dataset", "provider_status", "provider_job_id", "training_file_id", "validation_file_id",
-    "fine_tuned_model", "result", "error", "next_run_at", "lease_owner", "lease_expires_at",
-    "attempts", "last_error",
+    "fine_tuned_model", "deployed_model", "result", "error", "next_run_at", "lease_owner",
+    "lease_expires_at", "attempts", "last_error",
 })
 
 
@@ -71,7 +71,11 @@ def transition(
     values: dict[str, Any] = {**fields, "state": target.value, "version": JOBS.c.version + 1,
                               "updated_at": now}
     if target in TERMINAL:
-        values.update(finished_at=now, next_run_at=None, lease_owner=None, lease_expires_at=None)
+        values.update(next_run_at=None, lease_owner=None, lease_expires_at=None)
+        if source not in TERMINAL:  # a deployment event on a finished job keeps finished_at
+            values["finished_at"] = now
+    elif source in TERMINAL:  # `tunectl deploy` re-opens a finished job
+        values["finished_at"] = None
     guard = [JOBS.c.id == job_id, JOBS.c.state == source.value, JOBS.c.version == version]
     if lease is not None:
         guard.append(JOBS.c.lease_owner == lease)

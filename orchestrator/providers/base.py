@@ -1,4 +1,10 @@
-"""What a provider plugin must offer the engine, and the normalized values it returns."""
+"""What a provider plugin must offer the engine, and the normalized values it returns.
+
+Every provider offers ``ProviderPlugin`` / ``ProviderClient``. A provider whose tuned models
+serve only once deployed (DashScope) also sets ``deploys = True`` on its plugin and gives
+clients that implement ``Deployer``; the engine deploys only for such a provider, so
+providers without deployments need nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import httpx
@@ -72,6 +78,8 @@ class JobRequest:
     suffix: str | None
     labels: Mapping[str, str]
     seed: int | None = None
+    #: The provider's own training variant, when the spec names one (DashScope: LoRA or full).
+    training_type: str | None = None
 
 
 def dataset_filename(sha256: str) -> str:
@@ -120,3 +128,88 @@ class ProviderPlugin(Protocol):
 
     def connect(self, settings: Settings, http: httpx.Client) -> ProviderClient:
         """A client for the configured account; raises MissingCredential without a key."""
+
+
+# --- Deployments (optional) -------------------------------------------------------------------
+
+
+class DeploymentStatus(StrEnum):
+    """A provider deployment's status in the engine's vocabulary."""
+
+    #: Being created; includes every status the adapter does not recognise.
+    STARTING = "starting"
+    #: Serving requests (and billing).
+    SERVING = "serving"
+    #: The provider gave up creating it.
+    FAILED = "failed"
+    #: Being deleted, or deleted already: it no longer serves.
+    GONE = "gone"
+
+
+@dataclass(frozen=True)
+class RemoteDeployment:
+    """A provider's deployment of a tuned model, normalized."""
+
+    #: The provider's id for the deployment: the model name clients call.
+    id: str
+    #: The tuned model it serves.
+    model: str
+    status: DeploymentStatus
+    #: The provider's own status string, kept for display.
+    provider_status: str
+    capacity: int
+    #: Why the provider failed the deployment, as one line.
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentRequest:
+    """What the deploy step asks a provider to create."""
+
+    #: tunectl's job id (for logs and names; deployments are found again by ``model``).
+    job_id: str
+    #: The tuned model to deploy.
+    model: str
+    capacity: int
+
+
+@runtime_checkable
+class Deployer(Protocol):
+    """A provider account that can deploy tuned models. Every method raises only
+    ProviderError subclasses."""
+
+    def find_deployment(self, model: str) -> RemoteDeployment | None:
+        """The deployment of ``model`` that is not failed or being deleted, if any (how a
+        retried deploy finds the one it already created)."""
+
+    def create_deployment(self, request: DeploymentRequest) -> RemoteDeployment:
+        """Deploy ``request.model``; it bills from now."""
+
+    def get_deployment(self, deployment_id: str) -> RemoteDeployment | None:
+        """The deployment's current state; None once the provider no longer has it."""
+
+    def list_deployments(self) -> list[RemoteDeployment]:
+        """Every deployment of the account that is not deleted."""
+
+    def scale_deployment(self, deployment_id: str, capacity: int) -> RemoteDeployment:
+        """Change a serving deployment's capacity."""
+
+    def delete_deployment(self, deployment_id: str) -> None:
+        """Delete it (it stops billing); a deployment that is gone already is not an error."""
+
+
+def deploys(plugin: ProviderPlugin) -> bool:
+    """Whether the provider's tuned models must be deployed before they serve: its plugin
+    says ``deploys = True`` and its clients implement ``Deployer``."""
+    return getattr(plugin, "deploys", False) is True
+
+
+def deployer(client: ProviderClient) -> Deployer:
+    """The deployment side of a provider client.
+
+    Raises:
+        TypeError: the provider has no deployments (the engine checks ``deploys`` first).
+    """
+    if not isinstance(client, Deployer):
+        raise TypeError(f"{type(client).__name__} cannot deploy tuned models")
+    return client

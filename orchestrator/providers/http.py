@@ -103,6 +103,8 @@ class ErrorInfo(NamedTuple):
     code: str | None = None
     #: The code means "stop retrying" whatever the status (e.g. OpenAI's insufficient_quota).
     permanent: bool = False
+    #: The code means "slow down" whatever the status (e.g. DashScope's Throttling.*).
+    throttled: bool = False
 
 
 def _seconds(value: float) -> float | None:
@@ -117,7 +119,7 @@ def classify(response: httpx.Response, *, provider: str, operation: str,
     cls: type[ProviderError]
     if info.permanent:
         cls = ProviderRejected
-    elif status == 429:
+    elif status == 429 or info.throttled:
         cls = RateLimited
     elif should_retry == "true" or (should_retry != "false" and (
             status in _RETRYABLE_STATUS or status >= 500)):

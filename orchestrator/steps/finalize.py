@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.db.models import Job
-from orchestrator.providers.base import RemoteStatus
+from orchestrator.providers.base import RemoteStatus, deploys
 from orchestrator.states import State
 from orchestrator.steps.outcomes import Advance, Outcome, StepContext, Wait
 
@@ -18,9 +18,12 @@ def run(job: Job, ctx: StepContext) -> Outcome:
     if remote.status is RemoteStatus.SUCCEEDED:
         result = {**remote.result, "model_ref": {"provider": job.provider,
                                                  "model": remote.fine_tuned_model}}
+        fields.update(fine_tuned_model=remote.fine_tuned_model, result=result)
+        if job.spec.get("deploy") and deploys(ctx.plugin):
+            return Advance(State.DEPLOYING, fields=fields, reason=f"tuned model "
+                           f"{remote.fine_tuned_model} is ready; deploying it")
         return Advance(State.SUCCEEDED, reason=f"tuned model {remote.fine_tuned_model} is ready",
-                       fields={**fields, "fine_tuned_model": remote.fine_tuned_model,
-                               "result": result})
+                       fields=fields)
     if remote.status is RemoteStatus.FAILED:
         reason = f"provider failed the job: {remote.error}"
         return Advance(State.FAILED, reason=reason, fields={**fields, "error": reason})

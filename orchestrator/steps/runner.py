@@ -39,14 +39,14 @@ from orchestrator.errors import (
 from orchestrator.providers import registry
 from orchestrator.providers.http import shared_client
 from orchestrator.states import (
-    PROVIDER_JOB_LIVE,
+    PROVIDER_RESOURCE_LIVE,
     STARTS,
     STEP_FOR_STATE,
     TERMINAL,
     State,
     can_move,
 )
-from orchestrator.steps import STEPS
+from orchestrator.steps import STEPS, UNDEPLOY
 from orchestrator.steps.outcomes import Advance, Outcome, StepContext
 
 log = structlog.get_logger("tunectl.step")
@@ -81,7 +81,14 @@ def run_step(
     dispatch: Dispatch,
     now: Callable[[], datetime] = utcnow,
 ) -> str:
-    """Run ``step`` for ``job_id`` if this message still holds its lease; return what happened."""
+    """Run ``step`` for ``job_id`` if this message still holds its lease; return what happened.
+
+    The undeploy step works a deployment: its message carries a deployment id instead.
+    """
+    if step == UNDEPLOY:
+        from orchestrator.steps import undeploy
+
+        return undeploy.run(job_id, lease, settings=settings, engine=engine, now=now)
     try:
         job = retry_on_disconnect(lambda: _begin(step, job_id, lease, settings, engine, now()))
     except StaleTransition:
@@ -124,9 +131,9 @@ def _attempt(job: Job, step: str, settings: Settings, engine: sa.Engine,
              now: Callable[[], datetime]) -> Outcome | Retry:
     """Run the step, turning errors into a failure (permanent) or a retry (transient).
 
-    A credential problem while a provider job is live (a key rotated or a secret missing
-    on one worker) is retried, not failed: failing would stop tunectl watching a job that
-    goes on training and billing. It is still bounded by the scheduler's attempts.
+    A credential problem while a provider job or deployment is live (a key rotated or a
+    secret missing on one worker) is retried, not failed: failing would stop tunectl
+    watching something that goes on billing. It is still bounded by the scheduler's attempts.
     """
     try:
         ctx = StepContext(settings=settings, engine=engine, plugin=registry.get(job.provider),
@@ -136,7 +143,7 @@ def _attempt(job: Job, step: str, settings: Settings, engine: sa.Engine,
         log.warning("step.retryable_error", error=str(exc), retry_after=exc.retry_after)
         return Retry(retry_delay(settings, job.attempts, exc.retry_after), str(exc))
     except (ProviderAuthError, MissingCredential) as exc:
-        if State(job.state) not in PROVIDER_JOB_LIVE:
+        if State(job.state) not in PROVIDER_RESOURCE_LIVE:
             return Advance(State.FAILED, reason=str(exc), fields={"error": str(exc)})
         log.error("step.credential_error", error=str(exc))
         return Retry(retry_delay(settings, job.attempts), str(exc))

@@ -27,6 +27,7 @@ def run(job: Job, ctx: StepContext) -> Outcome:
             suffix=spec.get("suffix"),
             labels=job.labels,
             seed=spec.get("seed"),
+            training_type=spec.get("training_type"),
         ))
         verb = "created provider job"
     return Advance(

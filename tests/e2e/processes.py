@@ -221,6 +221,19 @@ class Emulator:
         body = {"job_duration_s": self.job_duration, **scenario}
         self.http.put("/_emulator/scenario", json=body).raise_for_status()
 
+    def dashscope_stats(self) -> dict[str, Any]:
+        """The DashScope emulator's counters (deployments created per model, deleted …)."""
+        response = self.http.get("/dashscope/_emulator/stats")
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        return stats
+
+    def set_dashscope_scenario(self, **scenario: Any) -> None:
+        """Replace the DashScope scenario (keeping this emulator's durations unless given)."""
+        body = {"job_duration_s": self.job_duration,
+                "deployment_duration_s": self.job_duration, **scenario}
+        self.http.put("/dashscope/_emulator/scenario", json=body).raise_for_status()
+
     def sdk(self) -> OpenAI:
         """The official OpenAI SDK pointed at the emulator (close it after use)."""
         return OpenAI(base_url=self.url, api_key=API_KEY, max_retries=0)
@@ -243,7 +256,7 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a tunectl process: this stack's DB, broker, emulator and timings."""
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("TUNECTL_", "OPENAI_"))}
+               if not k.startswith(("TUNECTL_", "OPENAI_", "DASHSCOPE_"))}
         env.update(
             PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
             PYTHONUNBUFFERED="1",
@@ -254,9 +267,11 @@ class Stack:
             TUNECTL_LOG_FORMAT="json",
             TUNECTL_LOG_LEVEL="info",
             OPENAI_API_KEY=API_KEY,
+            DASHSCOPE_API_KEY=API_KEY,
         )
         if self.emulator is not None:
             env["TUNECTL_OPENAI_BASE_URL"] = self.emulator.url
+            env["TUNECTL_DASHSCOPE_BASE_URL"] = f"{self.emulator.root}/dashscope/api/v1"
         env.update(self.overrides)
         env.update(extra)
         return env

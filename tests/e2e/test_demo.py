@@ -20,8 +20,19 @@ TRANSITION = re.compile(r"^\d\d:\d\d:\d\d\.\d{3}\s+(?P<job>[\w-]+)\s+(?:(?P<src>
                         r"(?:→\s+(?P<dst>[a-z]+)|(?P<same>[a-z]+)\s)")
 
 
+def visited_by(output: str, job: str) -> list[str]:
+    """The distinct states the demo printed for ``job``, in order."""
+    visited = []
+    for line in output.splitlines():
+        match = TRANSITION.match(line)
+        if match and match["job"] == job:
+            visited.append(match["dst"] or match["same"])
+    return [s for i, s in enumerate(visited) if i == 0 or s != visited[i - 1]]
+
+
 def test_demo_shows_every_state_of_the_support_bot_job(tmp_path: Path, procs: Procs) -> None:
-    """The demo exits 0 and prints the support-bot job going queued … succeeded."""
+    """The demo exits 0 and prints the support-bot job going queued … succeeded, and the
+    DashScope job going on through deploying to succeeded with a deployed model."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNECTL_", "OPENAI_"))}
     env.update(TUNECTL_DATA_DIR=str(tmp_path / "data"), XDG_DATA_HOME=str(tmp_path / "xdg"),
                HOME=str(tmp_path / "home"), COLUMNS="200", PYTHONUNBUFFERED="1")
@@ -32,13 +43,11 @@ def test_demo_shows_every_state_of_the_support_bot_job(tmp_path: Path, procs: Pr
     output = demo.output()
     assert returncode == 0, f"demo exited {returncode}:\n{output}"
 
-    visited = []
-    for line in output.splitlines():
-        match = TRANSITION.match(line)
-        if match and match["job"] == "support-bot":
-            visited.append(match["dst"] or match["same"])
-    distinct = [s for i, s in enumerate(visited) if i == 0 or s != visited[i - 1]]
+    distinct = visited_by(output, "support-bot")
     assert distinct == LIFECYCLE, f"support-bot went {distinct}:\n{output}"
     assert re.search(r"support-bot\s+│\s+succeeded", output), output
+    qwen = visited_by(output, "qwen-support")
+    assert qwen == [*LIFECYCLE[:-1], "deploying", "succeeded"], f"qwen-support went {qwen}"
+    assert re.search(r"qwen-support\s+│\s+succeeded\s+│\s+qwen-turbo-.*│\s+qwen-turbo-", output)
     assert (tmp_path / "data" / "demo" / "tunectl.db").exists(), "demo ran somewhere else"
     assert not (tmp_path / "home").exists(), "the demo wrote into HOME"

@@ -147,3 +147,95 @@ def test_show_events_fetches_the_provider_jobs_events(env: dict[str, str], tmp_p
     assert code == 0
     messages = [e["message"] for e in json.loads(out)["provider_events"]]
     assert messages[0] == f"Created fine-tuning job: {remote.id}"
+
+
+QWEN_SPEC = """\
+name: qwen-job
+provider: dashscope
+base_model: qwen-turbo
+training_file: train.jsonl
+training_type: efficient_sft
+hyperparameters: {n_epochs: 2, lora_rank: 8}
+deploy: {capacity: 2, ttl_hours: 6}
+"""
+
+
+class TestDeploymentCommands:
+    def test_deploy_and_undeploy_refuse_what_they_cannot_do_in_one_line(
+            self, env: dict[str, str], tmp_path: Path,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        tunectl(capsys, "db", "upgrade")
+        job_id = json.loads(tunectl(capsys, "submit", str(spec_file(tmp_path, QWEN_SPEC)),
+                                    "--json")[1])["id"]
+
+        deploy = tunectl(capsys, "deploy", job_id)
+        undeploy = tunectl(capsys, "undeploy", job_id)
+        missing = tunectl(capsys, "deploy", "job_nope")
+
+        assert deploy[0] == 2 and deploy[2] == (
+            f"error: job {job_id} is still running: it deploys when it succeeds if its spec "
+            "has a deploy block; nothing to deploy yet\n")
+        assert undeploy[0] == 2 and undeploy[2] == (
+            f"error: job {job_id} has no deployment to delete; `tunectl deployments --all` "
+            "lists past ones\n")
+        assert missing[0] == 2 and "no job 'job_nope'" in missing[2]
+        assert json.loads(tunectl(capsys, "deployments", "--json")[1]) == []
+
+    def test_a_serving_deployment_is_listed_with_age_and_capacity_and_undeployed(
+            self, env: dict[str, str], tmp_path: Path,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        from datetime import timedelta
+
+        from orchestrator.db.engine import get_engine, session_scope
+        from orchestrator.db.models import Deployment
+        from orchestrator.db.types import utcnow
+
+        tunectl(capsys, "db", "upgrade")
+        job_id = json.loads(tunectl(capsys, "submit", str(spec_file(tmp_path, QWEN_SPEC)),
+                                    "--json")[1])["id"]
+        now = utcnow()
+        engine = get_engine(f"sqlite:///{tmp_path}/data/tunectl.db")
+        with engine.begin() as conn:  # as the deploy step leaves a job it deployed
+            conn.exec_driver_sql(
+                "UPDATE jobs SET state = 'succeeded', fine_tuned_model = 'qwen-turbo-ft-1', "
+                "deployed_model = 'qwen-turbo-ft-1-ab12', next_run_at = NULL, "
+                f"finished_at = '{now:%Y-%m-%d %H:%M:%S}'")
+        with session_scope(engine) as session:
+            session.add(Deployment(
+                id="dep_1", job_id=job_id, provider="dashscope", account="a", capacity=2,
+                model="qwen-turbo-ft-1", deployed_model="qwen-turbo-ft-1-ab12", state="running",
+                ttl_hours=6, created_at=now - timedelta(hours=2, minutes=5),
+                expires_at=now + timedelta(hours=3, minutes=55),
+                next_run_at=now + timedelta(hours=3, minutes=55)))
+
+        table = tunectl(capsys, "deployments")[1]
+        listed = json.loads(tunectl(capsys, "deployments", "--json")[1])
+        cancel = tunectl(capsys, "cancel", job_id)
+        code, out, _ = tunectl(capsys, "undeploy", job_id)
+        again = tunectl(capsys, "undeploy", job_id)[1]
+        shown = json.loads(tunectl(capsys, "show", job_id, "--json")[1])
+        redeploy = tunectl(capsys, "deploy", job_id)
+
+        assert "qwen-turbo-ft-1-ab12" in table and "running" in table
+        assert "2h05m" in table and "3h54m" in table
+        assert [(d["deployed_model"], d["capacity"], d["state"]) for d in listed] == [
+            ("qwen-turbo-ft-1-ab12", 2, "running")]
+        assert 7490 < listed[0]["age_s"] < 7510
+        assert cancel[0] == 2 and "already succeeded; there is nothing to cancel" in cancel[2]
+        assert code == 0 and out.startswith(f"{job_id}: deployment qwen-turbo-ft-1-ab12 deleting")
+        assert "already being deleted" in again
+        assert shown["deployed_model"] == "qwen-turbo-ft-1-ab12"
+        assert [d["state"] for d in shown["deployments"]] == ["deleting"]
+        assert redeploy[0] == 2 and "already has deployment qwen-turbo-ft-1-ab12 (deleting)" in (
+            redeploy[2])
+
+    def test_a_dashscope_spec_error_is_one_line(self, env: dict[str, str], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+        tunectl(capsys, "db", "upgrade")
+        bad = QWEN_SPEC.replace("training_type: efficient_sft", "training_type: dpo_lora")
+
+        code, _, err = tunectl(capsys, "submit", str(spec_file(tmp_path, bad)))
+
+        assert code == 2
+        assert err == (f"error: {tmp_path / 'job.yaml'}: training_type: dpo_lora trains on "
+                       "preference data; set method: dpo (the spec says sft)\n")

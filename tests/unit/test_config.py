@@ -81,3 +81,34 @@ def test_an_upload_never_outlives_its_step(monkeypatch: pytest.MonkeyPatch) -> N
     assert Settings().upload_deadline_s == 81.0
     monkeypatch.setenv("TUNECTL_LEASE_S", "3600")
     assert Settings().upload_deadline_s == 600.0
+
+
+def test_dashscope_is_configured_by_its_own_variables(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    for name in ("DASHSCOPE_API_KEY", "DASHSCOPE_API_KEY_FILE", "DASHSCOPE_WORKSPACE_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TUNECTL_DASHSCOPE_BASE_URL", "http://127.0.0.1:8765/dashscope/api/v1")
+    monkeypatch.setenv("DASHSCOPE_WORKSPACE_ID", "ws-42")
+    with pytest.raises(MissingCredential, match="DASHSCOPE_API_KEY is not set; export it or "
+                       "set DASHSCOPE_API_KEY_FILE to a file"):
+        Settings().credential("dashscope_api_key")
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-ds-from-file\n")
+    monkeypatch.setenv("DASHSCOPE_API_KEY_FILE", str(key_file))
+
+    settings = Settings()
+
+    assert settings.dashscope_base_url == "http://127.0.0.1:8765/dashscope/api/v1"
+    assert settings.dashscope_workspace == "ws-42"
+    assert settings.credential("dashscope_api_key") == "sk-ds-from-file"
+    assert (settings.deploy_ttl_hours, settings.deploy_timeout_s) == (24.0, 3600.0)
+
+
+@pytest.mark.parametrize(("name", "value"), [("TUNECTL_DEPLOY_TTL_HOURS", "-1"),
+                                             ("TUNECTL_DEPLOY_TIMEOUT_S", "0")])
+def test_nonsense_deployment_settings_are_refused(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                  value: str) -> None:
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ValueError, match="deploy_ttl_hours must be 0"):
+        Settings()

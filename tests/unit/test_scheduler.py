@@ -106,3 +106,86 @@ def test_lost_messages_never_count_against_a_job(pump: Pump, tmp_path: Path) -> 
 
     job = pump.job(job_id)
     assert (job.state, job.attempts) == ("queued", 0)
+
+
+class TestDeployments:
+    """The scheduler's second duty: deployments that must be deleted (TTL, undeploy, or a
+    job that no longer wants them), claimed under a lease like jobs."""
+
+    def deployed(self, pump: Pump, tmp_path: Path) -> tuple[str, str]:
+        """A succeeded DashScope job with a serving deployment whose TTL is one hour."""
+        from orchestrator.providers.dashscope.emulator import Scenario as DashScope
+        from tests.helpers import in_process_emulator, make_dashscope_spec
+
+        self.emulator = in_process_emulator(pump.clock, dashscope=DashScope(
+            job_duration_s=2, deployment_duration_s=2))
+        self.http = self.emulator.__enter__()
+        job = pump.until_settled(pump.submit(make_dashscope_spec(tmp_path)).id)
+        assert job.deployed_model is not None
+        return job.id, job.deployed_model
+
+    def teardown_method(self) -> None:
+        if getattr(self, "emulator", None) is not None:
+            self.emulator.__exit__(None, None, None)
+
+    def test_nothing_is_sent_before_the_ttl_and_one_undeploy_after(
+            self, pump: Pump, tmp_path: Path) -> None:
+        self.deployed(pump, tmp_path)
+
+        before = pump.scheduler().tick()
+        pump.clock.advance(3600)
+        after = pump.scheduler().tick()
+        again = pump.scheduler().tick()
+
+        assert before.undeploying == 0
+        assert after.undeploying == 1 and again.undeploying == 0  # leased meanwhile
+        assert [step for step, _, _ in pump.sent] == ["undeploy"]
+
+    def test_a_broker_outage_frees_the_deployment_lease_at_once(self, pump: Pump,
+                                                                tmp_path: Path) -> None:
+        self.deployed(pump, tmp_path)
+        pump.clock.advance(3600)
+
+        def down(step: str, job_id: str, lease: str) -> None:
+            raise ConnectionError("broker unreachable")
+
+        failing = Scheduler(pump.settings, pump.engine, down, now=pump.clock)
+        assert failing.tick().undeploying == 0
+        assert pump.scheduler().tick().undeploying == 1
+
+    def test_a_lost_undeploy_message_is_sent_again_after_its_lease(self, pump: Pump,
+                                                                   tmp_path: Path) -> None:
+        job_id, deployed = self.deployed(pump, tmp_path)
+        pump.clock.advance(3600)
+        pump.scheduler().tick()
+        pump.sent.clear()  # lost with a flushed broker
+
+        pump.clock.advance(pump.settings.lease_s + 1)
+        resent = pump.scheduler().tick()
+        pump.run_sent()
+
+        assert resent.undeploying == 1
+        assert pump.job(job_id).deployed_model is None
+        assert self.http.get(f"/dashscope/api/v1/deployments/{deployed}").json()["output"][
+            "status"] == "DELETING"
+
+    def test_an_undeploy_that_fails_is_retried_with_backoff_never_given_up(
+            self, pump: Pump, tmp_path: Path) -> None:
+        from orchestrator.db import deployments as rows
+        from orchestrator.db.engine import session_scope
+
+        job_id, _ = self.deployed(pump, tmp_path)
+        self.http.put("/dashscope/_emulator/scenario", json={
+            "server_errors": {"count": 2 * pump.settings.max_attempts, "status": 500,
+                              "routes": "^/api/v1/deployments/", "methods": ["DELETE"]}})
+        pump.clock.advance(3600)
+        for _ in range(3 * pump.settings.max_attempts):
+            pump.scheduler().tick()
+            pump.run_sent()
+            pump.clock.advance(pump.settings.retry_cap_s)
+        with session_scope(pump.engine) as session:
+            [deployment] = rows.for_job(session, job_id)
+
+        assert deployment.state == "deleted"
+        assert deployment.attempts > pump.settings.max_attempts
+        assert pump.job(job_id).state == "succeeded"

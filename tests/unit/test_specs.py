@@ -74,7 +74,7 @@ class TestLoad:
     pytest.param("- just\n- a list\n", "a spec must be a mapping", id="not-a-mapping"),
     pytest.param("", "the spec is empty", id="empty"),
     pytest.param(GOOD.replace("provider: openai", "provider: nope"),
-                 "provider: unknown provider 'nope'; installed providers: openai",
+                 "provider: unknown provider 'nope'; installed providers: dashscope, openai",
                  id="unknown-provider"),
     pytest.param(GOOD + "deploy: {capacity: 1}\n",
                  "deploy: OpenAI serves tuned models without a deployment", id="deploy-on-openai"),

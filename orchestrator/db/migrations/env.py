@@ -27,13 +27,33 @@ def render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[Fal
     return False
 
 
+def _foreign_keys(connection: sa.Connection, on: bool) -> None:
+    """Switch SQLite's foreign-key enforcement, outside any transaction (inside one it is a
+    no-op). Batch migrations copy a table to change it; dropping the old copy must not trip
+    the foreign keys of the tables that point at it (SQLite's own recipe for such changes)."""
+    raw: Any = connection.connection.driver_connection
+    raw.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
+
+
 engine = context.config.attributes["engine"]
-with engine.begin() as connection:
-    context.configure(
-        connection=connection,
-        target_metadata=SQLModel.metadata,
-        render_as_batch=True,
-        compare_type=True,
-        render_item=render_item,
-    )
-    context.run_migrations()
+with engine.connect() as connection:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        _foreign_keys(connection, on=False)
+    try:
+        with connection.begin():
+            context.configure(
+                connection=connection,
+                target_metadata=SQLModel.metadata,
+                render_as_batch=True,
+                compare_type=True,
+                render_item=render_item,
+            )
+            context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+    finally:
+        if sqlite:
+            _foreign_keys(connection, on=True)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
 
 from orchestrator.config import Settings
 from orchestrator.providers.openai import translate
 from orchestrator.providers.openai.adapter import OpenAIClient
 from orchestrator.specs import JobSpec
+
+if TYPE_CHECKING:
+    from orchestrator.providers.emulation import EmulatorMount
 
 
 class OpenAIPlugin:
@@ -27,6 +32,12 @@ class OpenAIPlugin:
             project=settings.openai_project,
             upload_timeout_s=settings.upload_deadline_s,
         )
+
+    def emulator(self, *, job_duration_s: float, api_key: str | None) -> EmulatorMount:
+        """The OpenAI emulator, at the root of `tunectl emulator`."""
+        from orchestrator.providers.openai.emulator import mount
+
+        return mount(job_duration_s=job_duration_s, api_key=api_key)
 
 
 plugin = OpenAIPlugin()

@@ -1,8 +1,10 @@
 """A local emulator of OpenAI's Files and Fine-tuning HTTP API (FastAPI): tests, demo, benchmarks.
 
 `create_app()` serves the routes of the official spec under /v1 with its response shapes and its
-error body; `serve()` runs it with uvicorn. A Scenario (emulator_state.py) injects 429s, 5xx and
-slow responses; admin routes under /_emulator change it at run time and expose counters:
+error body; `serve()` runs it with uvicorn (`tunectl emulator` serves it at the root beside the
+other providers' emulators). A Scenario (emulator_state.py) injects 429s, 5xx and slow
+responses through the shared fault machinery (providers/emulation.py); admin routes under
+/_emulator change it at run time and expose counters:
 
     GET  /_emulator/scenario    the current Scenario (fault counts left)
     PUT  /_emulator/scenario    replace it
@@ -19,25 +21,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-import anyio
-import uvicorn
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.providers import emulation
+from orchestrator.providers.emulation import EmulatorMount, FaultMiddleware, Throttle, admin_routes
 from orchestrator.providers.openai import spec_schemas
-from orchestrator.providers.openai.emulator_state import (
-    ApiError,
-    Scenario,
-    ServerErrors,
-    Store,
-)
+from orchestrator.providers.openai.emulator_state import ApiError, Scenario, Store
 
-__all__ = ["Scenario", "create_app", "serve"]
+__all__ = ["Scenario", "create_app", "mount", "serve"]
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 UPLOAD_PURPOSES: list[str] = spec_schemas.component("CreateFileRequest")["properties"]["purpose"][
@@ -208,31 +202,6 @@ def list_checkpoints(
     return store.list_checkpoints(fine_tuning_job_id, after, limit)
 
 
-# --- Admin -----------------------------------------------------------------------------------
-
-
-def get_scenario(store: StoreDep) -> Scenario:
-    """The current scenario."""
-    return store.scenario()
-
-
-def put_scenario(store: StoreDep, scenario: Scenario) -> Scenario:
-    """Replace the scenario."""
-    store.replace_scenario(scenario)
-    return store.scenario()
-
-
-def reset(store: StoreDep) -> dict[str, bool]:
-    """Forget every file, job and counter."""
-    store.reset()
-    return {"reset": True}
-
-
-def stats(store: StoreDep) -> dict[str, Any]:
-    """Counters for tests and benchmarks."""
-    return store.stats()
-
-
 ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("POST", "/v1/files", create_file),
     ("GET", "/v1/files", list_files),
@@ -247,10 +216,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/resume", resume_job),
     ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events", list_events),
     ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", list_checkpoints),
-    ("GET", "/_emulator/scenario", get_scenario),
-    ("PUT", "/_emulator/scenario", put_scenario),
-    ("POST", "/_emulator/reset", reset),
-    ("GET", "/_emulator/stats", stats),
+    *admin_routes(Scenario),
 ]
 
 
@@ -296,7 +262,7 @@ def _server_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, SERVER_ERROR_MESSAGES[500], type="server_error")
 
 
-# --- Middleware ------------------------------------------------------------------------------
+# --- Refusals --------------------------------------------------------------------------------
 
 
 def _duration(seconds: float) -> str:
@@ -307,87 +273,38 @@ def _duration(seconds: float) -> str:
     return f"{int(minutes)}m{rest:g}s" if minutes else f"{rest:g}s"
 
 
-def _mask(key: str) -> str:
-    return "*" * max(0, len(key) - 4) + key[-4:] if len(key) > 8 else "*" * len(key)
+class OpenAIRefusals:
+    """401, 429 and 5xx as OpenAI words them."""
 
+    def request_id(self) -> str:
+        return f"req_{secrets.token_hex(16)}"
 
-class EmulatorMiddleware:
-    """Request ids, auth, request counters, and the Scenario's faults and latency."""
+    def missing_key(self, request_id: str) -> Response:
+        return _error(401, "You didn't provide an API key. You need to provide your API key "
+                           "in an Authorization header using Bearer auth (i.e. "
+                           "Authorization: Bearer YOUR_KEY).")
 
-    def __init__(self, app: ASGIApp, store: Store, api_key: str | None,
-                 routes: list[BaseRoute]) -> None:
-        self.app, self.store, self.api_key, self.routes = app, store, api_key, routes
+    def wrong_key(self, masked: str, request_id: str) -> Response:
+        return _error(401, f"Incorrect API key provided: {masked}.", code="invalid_api_key")
 
-    def _route(self, scope: Scope) -> str:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return f"{scope['method']} {getattr(route, 'path', scope['path'])}"
-        return f"{scope['method']} {scope['path']}"
+    def throttled(self, fault: Throttle, request_id: str) -> Response:
+        wait = fault.retry_after_s
+        reset = _duration(wait)
+        return _error(
+            429, f"Rate limit reached for requests in organization emulator on requests per "
+                 f"min (RPM). Please try again in {reset}.",
+            type="requests", code="rate_limit_exceeded",
+            headers={"retry-after-ms": str(round(wait * 1000)),
+                     "retry-after": str(math.ceil(wait)),
+                     "x-ratelimit-limit-requests": "500",
+                     "x-ratelimit-remaining-requests": "0",
+                     "x-ratelimit-reset-requests": reset,
+                     "x-ratelimit-limit-tokens": "200000",
+                     "x-ratelimit-remaining-tokens": "200000",
+                     "x-ratelimit-reset-tokens": "0s"})
 
-    def _refusal(self, scope: Scope) -> Response | None:
-        """The response that replaces the real one (401, 429, 5xx), if any."""
-        authorization = Headers(scope=scope).get("authorization", "")
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            return _error(401, "You didn't provide an API key. You need to provide your API key "
-                               "in an Authorization header using Bearer auth (i.e. "
-                               "Authorization: Bearer YOUR_KEY).")
-        if self.api_key is not None and key.strip() != self.api_key:
-            return _error(401, f"Incorrect API key provided: {_mask(key.strip())}.",
-                          code="invalid_api_key")
-        fault = self.store.take_fault(scope["method"], scope["path"])
-        if isinstance(fault, ServerErrors):
-            return _error(fault.status, SERVER_ERROR_MESSAGES[fault.status], type="server_error")
-        if fault is not None:
-            wait = fault.retry_after_s
-            reset = _duration(wait)
-            return _error(
-                429, f"Rate limit reached for requests in organization emulator on requests per "
-                     f"min (RPM). Please try again in {reset}.",
-                type="requests", code="rate_limit_exceeded",
-                headers={"retry-after-ms": str(round(wait * 1000)),
-                         "retry-after": str(math.ceil(wait)),
-                         "x-ratelimit-limit-requests": "500",
-                         "x-ratelimit-remaining-requests": "0",
-                         "x-ratelimit-reset-requests": reset,
-                         "x-ratelimit-limit-tokens": "200000",
-                         "x-ratelimit-remaining-tokens": "200000",
-                         "x-ratelimit-reset-tokens": "0s"})
-        return None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = f"req_{secrets.token_hex(16)}"
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["x-request-id"] = request_id
-            await send(message)
-
-        method, path = scope["method"], scope["path"]
-        if not path.startswith("/v1/"):
-            await self.app(scope, receive, send_with_id)
-            return
-        self.store.count_request(self._route(scope))
-        refusal = self._refusal(scope)
-        respond = self.app if refusal is None else refusal
-        hold = self.store.latency(method, path)
-        if hold <= 0:
-            await respond(scope, receive, send_with_id)
-            return
-        # Process first, then hold: side effects happen even if the client gives up meanwhile.
-        held: list[Message] = []
-
-        async def keep(message: Message) -> None:
-            held.append(message)
-
-        await respond(scope, receive, keep)
-        await anyio.sleep(hold)
-        for message in held:
-            await send_with_id(message)
+    def server_error(self, status: int, request_id: str) -> Response:
+        return _error(status, SERVER_ERROR_MESSAGES[status], type="server_error")
 
 
 # --- Factory ---------------------------------------------------------------------------------
@@ -415,14 +332,19 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _server_error)
-    app.add_middleware(EmulatorMiddleware, store=app.state.store, api_key=api_key,
-                       routes=app.router.routes)
+    app.add_middleware(FaultMiddleware, store=app.state.store, api_key=api_key,
+                       routes=app.router.routes, api_prefix="/v1/", refusals=OpenAIRefusals())
     return app
+
+
+def mount(*, job_duration_s: float, api_key: str | None) -> EmulatorMount:
+    """The emulator as ``tunectl emulator`` serves it: at the root, clients use /v1."""
+    return EmulatorMount("OpenAI", "", "/v1",
+                         create_app(Scenario(job_duration_s=job_duration_s), api_key=api_key))
 
 
 def serve(host: str, port: int, scenario: Scenario | None = None,
           api_key: str | None = None) -> None:
-    """Run the emulator with uvicorn until interrupted."""
-    uvicorn.run(create_app(scenario, api_key=api_key), host=host, port=port,
-                log_level="warning")
+    """Run the emulator alone with uvicorn until interrupted."""
+    emulation.serve(host, port, create_app(scenario, api_key=api_key))
 

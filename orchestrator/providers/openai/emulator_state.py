@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import secrets
 import string
-import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.providers.emulation import (
+    FaultScenario,
+    FaultStore,
+    Latency,
+    ServerErrors,
+    Throttle,
+)
+
+#: Where the fault knobs apply unless a scenario says otherwise: the whole API.
+API_ROUTES = r"^/v1/"
 ORGANIZATION_ID = "org-emulator"
 ORGANIZATION_NAME = "emulator"  # the <org> segment of ft:<model>:<org>:<suffix>:<id>
 BATCH_FILE_TTL_S = 30 * 24 * 3600  # "files with purpose=batch expire after 30 days"
@@ -78,26 +86,6 @@ class ApiError(Exception):
 # --- Scenario --------------------------------------------------------------------------------
 
 
-class RouteFilter(BaseModel):
-    """Which requests a knob applies to: a regex searched in the path, and optionally methods."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    routes: str = r"^/v1/"
-    methods: list[str] | None = None  # None: every method
-
-    @field_validator("routes")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        re.compile(value)
-        return value
-
-    def matches(self, method: str, path: str) -> bool:
-        """Whether a request falls under this knob."""
-        allowed = self.methods is None or method.upper() in {m.upper() for m in self.methods}
-        return allowed and re.search(self.routes, path) is not None
-
-
 class JobFailure(BaseModel):
     """The `error` a failed job reports."""
 
@@ -108,36 +96,14 @@ class JobFailure(BaseModel):
     param: str | None = None
 
 
-class Throttle(RouteFilter):
-    """The next `count` matching requests get 429, with retry-after(-ms) and x-ratelimit-*."""
-
-    count: int = Field(0, ge=0)
-    retry_after_s: float = Field(1.0, ge=0)
-
-
-class ServerErrors(RouteFilter):
-    """The next `count` matching requests get a 5xx."""
-
-    count: int = Field(0, ge=0)
-    status: Literal[500, 502, 503] = 500
-
-
-class Latency(RouteFilter):
-    """Matching requests are processed, then their response is held for `seconds`."""
-
-    seconds: float = Field(0.0, ge=0)
-
-
-class Scenario(BaseModel):
+class Scenario(FaultScenario):
     """How the emulator behaves; the defaults are a well-behaved server."""
-
-    model_config = ConfigDict(extra="forbid")
 
     job_duration_s: float = Field(3.0, ge=0)  # 0: succeeded on the first read after creation
     fail_jobs: JobFailure | None = None  # every new job ends failed with this error
-    throttle: Throttle = Field(default_factory=Throttle)
-    server_errors: ServerErrors = Field(default_factory=ServerErrors)
-    latency: Latency = Field(default_factory=Latency)
+    throttle: Throttle = Field(default_factory=lambda: Throttle(routes=API_ROUTES))
+    server_errors: ServerErrors = Field(default_factory=lambda: ServerErrors(routes=API_ROUTES))
+    latency: Latency = Field(default_factory=lambda: Latency(routes=API_ROUTES))
 
 
 # --- Objects ---------------------------------------------------------------------------------
@@ -318,43 +284,19 @@ def page(items: list[_T], key: Callable[[_T], str], after: str | None, limit: in
     return items[:limit], len(items) > limit
 
 
-class Store:
+class Store(FaultStore[Scenario]):
     """Files, jobs, request counters and the Scenario, behind one lock."""
 
-    def __init__(self, scenario: Scenario, clock: Callable[[], float]) -> None:
-        self._lock = threading.Lock()
-        self._clock = clock
-        self._scenario = scenario.model_copy(deep=True)
-        self._reset()
-
     def _reset(self) -> None:
+        super()._reset()
         self._files: dict[str, StoredFile] = {}
         self._jobs: dict[str, Job] = {}
         self._seq_of: dict[str, int] = {}
-        self._requests: Counter[str] = Counter()
-        self._faults: Counter[str] = Counter()
 
     def _issue(self, prefix: str, length: int = 24) -> tuple[str, int]:
         object_id = new_id(prefix, length)
         self._seq_of[object_id] = len(self._seq_of)
         return object_id, self._seq_of[object_id]
-
-    # Scenario and admin
-
-    def scenario(self) -> Scenario:
-        """A copy of the current scenario (with the remaining fault counts)."""
-        with self._lock:
-            return self._scenario.model_copy(deep=True)
-
-    def replace_scenario(self, scenario: Scenario) -> None:
-        """Swap the whole scenario."""
-        with self._lock:
-            self._scenario = scenario.model_copy(deep=True)
-
-    def reset(self) -> None:
-        """Forget every file, job and counter (the scenario stays)."""
-        with self._lock:
-            self._reset()
 
     def stats(self) -> dict[str, Any]:
         """Live objects, jobs by status, requests per route and faults injected."""
@@ -362,30 +304,7 @@ class Store:
             now = self._now()
             return {"files": len(self._live_files(now)), "jobs": len(self._jobs),
                     "jobs_by_status": dict(Counter(j.status(now) for j in self._jobs.values())),
-                    "requests": dict(self._requests), "throttled": self._faults["throttled"],
-                    "server_errors": self._faults["server_errors"]}
-
-    def count_request(self, route: str) -> None:
-        """Count one request to `route` ("METHOD /path/{template}")."""
-        with self._lock:
-            self._requests[route] += 1
-
-    def take_fault(self, method: str, path: str) -> Throttle | ServerErrors | None:
-        """The fault this request must get, if any, using up one of its count."""
-        with self._lock:
-            for knob, name in ((self._scenario.throttle, "throttled"),
-                               (self._scenario.server_errors, "server_errors")):
-                if knob.count > 0 and knob.matches(method, path):
-                    knob.count -= 1
-                    self._faults[name] += 1
-                    return knob.model_copy()
-            return None
-
-    def latency(self, method: str, path: str) -> float:
-        """Seconds to hold this request's response after processing it."""
-        with self._lock:
-            knob = self._scenario.latency
-            return knob.seconds if knob.matches(method, path) else 0.0
+                    **self.fault_stats()}
 
     def _now(self) -> float:
         """The clock's time, with every job advanced to it."""

@@ -47,6 +47,9 @@ def check_spec(spec: JobSpec, source: str) -> None:
     if spec.deploy is not None:
         raise SpecError(source, "deploy", "OpenAI serves tuned models without a deployment; "
                         "remove the deploy block")
+    if spec.training_type is not None:
+        raise SpecError(source, "training_type", "OpenAI has no training types; choose "
+                        "method: sft or dpo and remove training_type")
     if len(spec.labels) > MAX_LABELS:
         raise SpecError(source, "labels", f"OpenAI keeps at most {MAX_LABELS} labels "
                         f"(as job metadata); this spec has {len(spec.labels)}")
