@@ -120,7 +120,8 @@ class Pump:
 
     def submit(self, spec: JobSpec) -> Job:
         blobs = BlobStore(self.settings.blob_dir)
-        return job_ops.submit(self.engine, blobs, spec, source="test", now=self.clock()).job
+        return job_ops.submit(self.engine, blobs, spec, source="test", project="default",
+                              now=self.clock()).job
 
     def scheduler(self) -> Scheduler:
         return Scheduler(self.settings, self.engine, self.dispatch, now=self.clock)

@@ -54,7 +54,7 @@ def test_jobs_run_end_to_end_and_logs_never_show_the_key(
         settings: Settings, engine: sa.Engine, daemon: Path, tmp_path: Path) -> None:
     blobs = BlobStore(settings.blob_dir)
     ids = [job_ops.submit(engine, blobs, make_spec(tmp_path, name=f"daemon-{i}"),
-                          source="test").job.id for i in range(3)]
+                          source="test", project="default").job.id for i in range(3)]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with session_scope(engine) as session:
