@@ -118,9 +118,9 @@ class Pump:
     def dispatch(self, step: str, job_id: str, lease: str) -> None:
         self.sent.append((step, job_id, lease))
 
-    def submit(self, spec: JobSpec) -> Job:
+    def submit(self, spec: JobSpec, project: str = "default") -> Job:
         blobs = BlobStore(self.settings.blob_dir)
-        return job_ops.submit(self.engine, blobs, spec, source="test", project="default",
+        return job_ops.submit(self.engine, blobs, spec, source="test", project=project,
                               now=self.clock()).job
 
     def scheduler(self) -> Scheduler:
