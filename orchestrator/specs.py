@@ -160,6 +160,10 @@ def parse_spec(data: Any, source: str, lines: dict[str, int] | None = None) -> J
     """Validate already-parsed spec data (from a file, or later an API body)."""
     if not isinstance(data, dict):
         raise SpecError(source, "", "a spec must be a mapping of fields (name, provider, …)")
+    nul = _nul_at(data, "")
+    if nul is not None:
+        raise SpecError(_with_line(source, lines or {}, nul), nul,
+                        "holds a NUL character; remove it")
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
@@ -177,6 +181,23 @@ def parse_spec(data: Any, source: str, lines: dict[str, int] | None = None) -> J
         if more:
             reason += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise SpecError(where, field, reason) from None
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """The field path of the first string (or key) holding a NUL character, if any: no
+    database stores one in text."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items: Any = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        child = f"{path}.{key}" if path else str(key)
+        if "\x00" in str(key):
+            return child
+        found = _nul_at(item, child)
+        if found is not None:
+            return found
+    return None
 
 
 def _reason(err: Any) -> str:

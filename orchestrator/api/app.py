@@ -29,7 +29,7 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     problems.install(app)
-    app.add_middleware(problems.BodyLimit, max_body=settings.api_max_body_bytes,
+    app.add_middleware(problems.RequestGuard, max_body=settings.api_max_body_bytes,
                        max_upload=settings.api_max_upload_bytes,
                        upload_paths=("/v1/datasets",))
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 from starlette.datastructures import UploadFile
 
 from orchestrator import jobs as job_ops
@@ -53,7 +53,12 @@ def api_state(request: Request) -> ApiState:
 
 State_ = Annotated[ApiState, Depends(api_state)]
 Who = Annotated[Caller, Depends(caller)]
-JobId = Annotated[str, Path(min_length=1, max_length=40, description="A job id (job_…).")]
+#: No NUL characters: no database stores one in text (RequestGuard refuses them).
+TEXT = r"^[^\x00]*$"
+Label = Annotated[str, StringConstraints(
+    pattern=r"^[a-z0-9][a-z0-9_.\-/]{0,62}=[^\x00]{0,256}$")]
+JobId = Annotated[str, Path(min_length=1, max_length=40, pattern=TEXT,
+                            description="A job id (job_…).")]
 
 
 class ApiJobSpec(JobSpec):
@@ -136,23 +141,24 @@ async def submit(request: Request, state: State_, who: Who) -> JSONResponse:
 
 async def _multipart(request: Request, state: ApiState,
                      who: Caller) -> tuple[Any, dict[str, int], job_ops.Datasets]:
-    form = await request.form(max_files=2, max_fields=1)
-    spec, training, validation = (form.get("spec"), form.get("training_file"),
-                                  form.get("validation_file"))
-    if not isinstance(spec, str):
-        raise SpecError(_SOURCE, "spec", "is required: a form field holding the spec")
-    if not isinstance(training, UploadFile):
-        raise SpecError(_SOURCE, "training_file", "is required: a file part holding the "
-                        "training dataset")
-    if validation is not None and not isinstance(validation, UploadFile):
-        raise SpecError(_SOURCE, "validation_file", "must be a file part")
-    data, lines = read_document(spec.encode(), _SOURCE,
-                                as_json=spec.lstrip().startswith("{"))
-    if not isinstance(data, dict):
-        raise SpecError(_SOURCE, "spec", "a spec must be a mapping of fields (name, provider, …)")
-    stored = job_ops.Datasets(await _store(state, who, training, "training_file"),
-                              await _store(state, who, validation, "validation_file")
-                              if validation else None)
+    async with request.form(max_files=2, max_fields=1) as form:
+        spec, training, validation = (form.get("spec"), form.get("training_file"),
+                                      form.get("validation_file"))
+        if not isinstance(spec, str):
+            raise SpecError(_SOURCE, "spec", "is required: a form field holding the spec")
+        if not isinstance(training, UploadFile):
+            raise SpecError(_SOURCE, "training_file", "is required: a file part holding the "
+                            "training dataset")
+        if validation is not None and not isinstance(validation, UploadFile):
+            raise SpecError(_SOURCE, "validation_file", "must be a file part")
+        data, lines = read_document(spec.encode(), _SOURCE,
+                                    as_json=spec.lstrip().startswith("{"))
+        if not isinstance(data, dict):
+            raise SpecError(_SOURCE, "spec", "a spec must be a mapping of fields (name, "
+                            "provider, …)")
+        stored = job_ops.Datasets(await _store(state, who, training, "training_file"),
+                                  await _store(state, who, validation, "validation_file")
+                                  if validation else None)
     data["training_file"] = f"sha256:{stored.training}"
     if stored.validation:
         data["validation_file"] = f"sha256:{stored.validation}"
@@ -194,8 +200,8 @@ def _submit(state: ApiState, who: Caller, data: Any, lines: dict[str, int],
 @router.post("/datasets", status_code=201, response_model=DatasetDoc,
              summary="Upload a dataset",
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/octet-stream": {"schema": {"type": "string",
-                                                         "format": "binary"}}}}},
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                         "minLength": 1}}}}},
              responses=responses(400, 401, 413, 503))
 async def upload_dataset(request: Request, state: State_, who: Who) -> DatasetDoc:
     """Store a dataset (the request body, as is) for this token's project; a spec then
@@ -219,18 +225,20 @@ async def upload_dataset(request: Request, state: State_, who: Who) -> DatasetDo
 def list_jobs(
     state: State_, who: Who,
     job_state: Annotated[State | None, Query(alias="state")] = None,
-    provider: Annotated[str | None, Query(max_length=40)] = None,
-    label: Annotated[list[str] | None, Query(
-        description="key=value; repeat it to require several labels",
-        pattern=r"^[a-z0-9][a-z0-9_.\-/]{0,62}=.{0,256}$")] = None,
+    provider: Annotated[str | None, Query(max_length=40, pattern=TEXT)] = None,
+    label: Annotated[list[Label] | None, Query(
+        description="key=value; repeat it to require several labels")] = None,
     created_after: Annotated[AwareDatetime | None, Query(
         description="Only jobs created at or after this time (with a time zone).")] = None,
     created_before: Annotated[AwareDatetime | None, Query(
         description="Only jobs created before this time (with a time zone).")] = None,
     project: Annotated[str | None, Query(
-        max_length=64, description="Admin tokens: only this project's jobs.")] = None,
+        max_length=64, pattern=TEXT,
+        description="Admin tokens: only this project's jobs.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    cursor: Annotated[str | None, Query(max_length=400, pattern=r"^[A-Za-z0-9_-]+$",
+                                        description="The next_cursor of the page before.")
+                      ] = None,
 ) -> JobPage:
     """The token's project's jobs, newest first, filtered, a page at a time."""
     if project is not None and not who.admin and project != who.project:

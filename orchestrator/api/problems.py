@@ -80,9 +80,10 @@ def install(app: Any) -> None:
         app.add_exception_handler(cls, handler)
 
 
-class BodyLimit:
-    """ASGI middleware: refuse a body over its limit with 413, by Content-Length up front
-    or while it streams. Dataset uploads (``upload_paths``) get the larger limit."""
+class RequestGuard:
+    """ASGI middleware: refuse a NUL character in the path or query (422: no database
+    stores one in text), and a body over its limit (413, by Content-Length up front or
+    while it streams). Dataset uploads (``upload_paths``) get the larger limit."""
 
     def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int,
                  upload_paths: tuple[str, ...]) -> None:
@@ -92,6 +93,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            await problem(422, "the path or query holds a NUL character; remove it")(
+                scope, receive, send)
             return
         limit = self.max_upload if self._is_upload(scope) else self.max_body
         declared = dict(scope["headers"]).get(b"content-length")
