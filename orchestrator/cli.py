@@ -96,7 +96,8 @@ def submit(spec: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.")]
     loaded = load_spec(spec)
     remote = _remote(settings, api)
     if remote is not None:
-        data = remote.submit(loaded)
+        with remote:
+            data = remote.submit(loaded)
     else:
         result = job_ops.submit(_engine(settings), BlobStore.from_settings(settings), loaded,
                                 source=str(spec), project=settings.default_project)
@@ -133,7 +134,8 @@ def list_jobs(
         created_before=created_before and created_before.replace(tzinfo=UTC))
     remote = _remote(settings, api)
     if remote is not None:
-        found = remote.jobs(where, limit)
+        with remote:
+            found = remote.jobs(where, limit)
     else:
         with session_scope(_engine(settings)) as session:
             found = [job_json(j) for j in job_ops.list_jobs(session, where, limit=limit).jobs]
@@ -158,8 +160,11 @@ def show(
     """Show a job: state, provider status, model, and its transition history."""
     settings = _settings()
     remote = _remote(settings, api)
-    data = remote.show(job_id, events=events) if remote is not None \
-        else _show_local(settings, job_id, events=events)
+    if remote is not None:
+        with remote:
+            data = remote.show(job_id, events=events)
+    else:
+        data = _show_local(settings, job_id, events=events)
     if as_json:
         _print_json(data)
         return
@@ -208,8 +213,11 @@ def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")],
     """Cancel a job (the provider job too, if one exists)."""
     settings = _settings()
     remote = _remote(settings, api)
-    data = remote.cancel(job_id) if remote is not None \
-        else job_json(job_ops.cancel(_engine(settings), job_id))
+    if remote is not None:
+        with remote:
+            data = remote.cancel(job_id)
+    else:
+        data = job_json(job_ops.cancel(_engine(settings), job_id))
     out.print(f"{data['id']}: {data['state']}")
 
 

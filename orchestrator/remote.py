@@ -35,7 +35,10 @@ class RemoteApi:
                                   headers={"authorization": f"Bearer {token}",
                                            "user-agent": f"tunectl/{__version__}"})
 
-    def close(self) -> None:
+    def __enter__(self) -> RemoteApi:
+        return self
+
+    def __exit__(self, *_: object) -> None:
         self._http.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
