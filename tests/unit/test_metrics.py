@@ -27,8 +27,8 @@ def test_steps_and_the_scheduler_count_into_the_process_registry(
               sample("tunectl_scheduler_pickup_lag_seconds_count"))
     clock = Clock()
     pump = Pump(settings, engine, clock)
-    throttled = Scenario(job_duration_s=1, throttle=Throttle(count=1, routes="^/v1/files$", methods=["POST"],
-                                                             retry_after_s=1))
+    throttled = Scenario(job_duration_s=1, throttle=Throttle(
+        count=1, routes="^/v1/files$", methods=["POST"], retry_after_s=1))
     with in_process_emulator(clock, throttled):
         assert pump.until_settled(pump.submit(make_spec(tmp_path)).id).state == "succeeded"
 

@@ -14,6 +14,7 @@ from orchestrator.api.app import create_app
 from orchestrator.api.auth import hash_token
 from orchestrator.config import ApiToken, Settings
 from tests.helpers import write_dataset
+from tests.unit.test_cli import env  # noqa: F401  (the CLI's environment, a fixture)
 
 TOKENS = {"alpha": "tcl_alpha-0123456789abcdef", "beta": "tcl_beta-0123456789abcdef",
           "ops": "tcl_ops-0123456789abcdef"}

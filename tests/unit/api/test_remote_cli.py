@@ -14,7 +14,7 @@ from orchestrator.api.app import create_app
 from orchestrator.config import Settings
 from tests.helpers import serve_in_thread
 from tests.unit.api.conftest import TOKENS
-from tests.unit.test_cli import env, spec_file, tunectl  # noqa: F401  (env: a fixture)
+from tests.unit.test_cli import spec_file, tunectl
 
 
 @pytest.fixture
