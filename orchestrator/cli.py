@@ -316,13 +316,22 @@ def _share_metrics_with_children() -> None:
     """Make the prefork pool's children count into files the worker's /metrics sums up
     (prometheus_client's multiprocess mode). It has to be set before prometheus_client is
     first imported, which fixes how values are kept."""
+    import atexit
     import os
+    import shutil
     import tempfile
 
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before the worker set "
                            "PROMETHEUS_MULTIPROC_DIR: its pool's metrics would be lost")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tunectl-metrics-")
+    shared, owner = tempfile.mkdtemp(prefix="tunectl-metrics-"), os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # never from a pool child that inherited the handler
+            shutil.rmtree(shared, ignore_errors=True)
+
+    atexit.register(remove)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
 
 
 @app.command()

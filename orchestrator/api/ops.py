@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -78,9 +79,13 @@ def _why(exc: Exception) -> str:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                              "description": "the Prometheus text format"},
-                       **responses(401, 403)})
+                       **responses(401, 403, 503)})
 def prometheus(state: Annotated[ApiState, Depends(api_state)],
                _: Annotated[Caller, Depends(admin)]) -> Response:
     """Fleet-wide figures from the database, and this process's own (admin token)."""
-    return Response(metrics.exposition(state.engine),
-                    media_type="text/plain; version=0.0.4; charset=utf-8")
+    try:
+        text = metrics.exposition(state.engine)
+    except sa.exc.OperationalError as exc:
+        raise HTTPException(503, f"the database does not answer ({_why(exc)}); the "
+                                 "fleet's figures come from it") from None
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
