@@ -205,7 +205,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]
     blobs = BlobStore(tmp / "data" / "blobs")
     submit_started = time.perf_counter()
     for _ in range(args.jobs):
-        job_ops.submit(engine, blobs, spec, source="bench")
+        job_ops.submit(engine, blobs, spec, source="bench", project="default")
     figures["submit_s"] = time.perf_counter() - submit_started
     scheduler = start("scheduler", tunectl_argv("scheduler"))
     deadline = time.monotonic() + args.timeout

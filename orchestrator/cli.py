@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -25,12 +26,10 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.datasets.cli import app as dataset_app
 from orchestrator.db import deployments as deployment_rows
 from orchestrator.db.engine import check_migrated, get_engine, session_scope
-from orchestrator.db.models import Deployment, Job, JobTransition
 from orchestrator.db.types import utcnow
+from orchestrator.documents import EventDoc, deployment_json, job_json
 from orchestrator.errors import ProviderError, UserError
-from orchestrator.providers import registry
-from orchestrator.providers.base import RemoteEvent
-from orchestrator.providers.http import shared_client
+from orchestrator.remote import RemoteApi
 from orchestrator.specs import load_spec
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -55,50 +54,6 @@ def _engine(settings: Settings, *, migrated: bool = True) -> Any:
     return engine
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def job_json(job: Job, history: list[JobTransition] | None = None) -> dict[str, Any]:
-    """A job as the JSON the CLI prints (and scripts read)."""
-    data: dict[str, Any] = {
-        "id": job.id, "name": job.name, "provider": job.provider, "base_model": job.base_model,
-        "method": job.method, "state": job.state, "provider_status": job.provider_status,
-        "provider_job_id": job.provider_job_id, "fine_tuned_model": job.fine_tuned_model,
-        "deployed_model": job.deployed_model, "error": job.error, "labels": job.labels,
-        "idempotency_key": job.idempotency_key,
-        "training_file_id": job.training_file_id,
-        "validation_file_id": job.validation_file_id, "result": job.result,
-        "dataset": job.dataset, "attempts": job.attempts, "last_error": job.last_error,
-        "created_at": _iso(job.created_at), "updated_at": _iso(job.updated_at),
-        "finished_at": _iso(job.finished_at), "next_run_at": _iso(job.next_run_at),
-    }
-    if history is not None:
-        data["history"] = [
-            {"seq": t.seq, "from": t.from_state, "to": t.to_state,
-             "provider_status": t.provider_status, "reason": t.reason, "data": t.data,
-             "at": _iso(t.at)}
-            for t in history
-        ]
-    return data
-
-
-def deployment_json(d: Deployment, now: datetime | None = None) -> dict[str, Any]:
-    """A deployment as the JSON the CLI prints."""
-    now = now or utcnow()
-    end = d.finished_at or now
-    return {
-        "id": d.id, "job_id": d.job_id, "provider": d.provider, "model": d.model,
-        "deployed_model": d.deployed_model, "state": d.state,
-        "provider_status": d.provider_status, "capacity": d.capacity,
-        "ttl_hours": d.ttl_hours, "expires_at": _iso(d.expires_at),
-        "age_s": round((end - d.created_at).total_seconds(), 1), "error": d.error,
-        "attempts": d.attempts, "last_error": d.last_error,
-        "created_at": _iso(d.created_at), "ready_at": _iso(d.ready_at),
-        "finished_at": _iso(d.finished_at),
-    }
-
-
 def _age(seconds: float) -> str:
     """4s, 12m, 3h05m, 2d04h."""
     s = int(seconds)
@@ -115,39 +70,82 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def _at(text: str | None, fmt: str) -> str:
+    return datetime.fromisoformat(text).strftime(fmt) if text else ""
+
+
+ApiOption = Annotated[str | None, typer.Option(
+    "--api", metavar="URL", help="Talk to this tunectl API instead of the database "
+    "(default: TUNECTL_API_URL; the token comes from TUNECTL_API_TOKEN).")]
+
+
+def _remote(settings: Settings, api: str | None) -> RemoteApi | None:
+    """The API to talk to, if one is named (--api, else TUNECTL_API_URL)."""
+    url = api or settings.api_url
+    if not url:
+        return None
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return RemoteApi(url, token)
+
+
 @app.command()
 def submit(spec: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.")],
-           as_json: JsonFlag = False) -> None:
+           as_json: JsonFlag = False, api: ApiOption = None) -> None:
     """Submit a job spec; the same idempotency key returns the existing job."""
     settings = _settings()
-    engine = _engine(settings)
     loaded = load_spec(spec)
-    result = job_ops.submit(engine, BlobStore(settings.blob_dir), loaded, source=str(spec))
+    remote = _remote(settings, api)
+    if remote is not None:
+        with remote:
+            data = remote.submit(loaded)
+    else:
+        result = job_ops.submit(_engine(settings), BlobStore.from_settings(settings), loaded,
+                                source=str(spec), project=settings.default_project)
+        data = {**job_json(result.job), "created": result.created}
     if as_json:
-        _print_json({**job_json(result.job), "created": result.created})
+        _print_json(data)
         return
-    verb = "submitted" if result.created else "already submitted (same idempotency key)"
-    out.print(f"{result.job.id} {verb}: {result.job.name} [{result.job.state}]")
+    verb = "submitted" if data["created"] else "already submitted (same idempotency key)"
+    out.print(f"{data['id']} {verb}: {data['name']} [{data['state']}]")
 
 
 @app.command("jobs")
 def list_jobs(
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
     provider: Annotated[str | None, typer.Option(help="Only jobs of this provider.")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        help="Only jobs with this label, as key=value (repeat for several).")] = None,
+    created_after: Annotated[datetime | None, typer.Option(
+        formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="Only jobs created at or after "
+        "this UTC time.")] = None,
+    created_before: Annotated[datetime | None, typer.Option(
+        formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="Only jobs created before this "
+        "UTC time.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
     as_json: JsonFlag = False,
+    api: ApiOption = None,
 ) -> None:
     """List jobs, newest first."""
-    engine = _engine(_settings())
-    with session_scope(engine) as session:
-        found = job_ops.list_jobs(session, state=state, provider=provider, limit=limit)
+    settings = _settings()
+    where = job_ops.JobFilter(
+        state=state, provider=provider,
+        labels=tuple(job_ops.parse_label(text) for text in label or ()),
+        created_after=created_after and created_after.replace(tzinfo=UTC),
+        created_before=created_before and created_before.replace(tzinfo=UTC))
+    remote = _remote(settings, api)
+    if remote is not None:
+        with remote:
+            found = remote.jobs(where, limit)
+    else:
+        with session_scope(_engine(settings)) as session:
+            found = [job_json(j) for j in job_ops.list_jobs(session, where, limit=limit).jobs]
     if as_json:
-        _print_json([job_json(j) for j in found])
+        _print_json(found)
         return
     table = Table("id", "name", "provider", "state", "provider status", "model", "created")
     for j in found:
-        table.add_row(j.id, j.name, j.provider, j.state, j.provider_status or "",
-                      j.fine_tuned_model or "", j.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        table.add_row(j["id"], j["name"], j["provider"], j["state"], j["provider_status"] or "",
+                      j["fine_tuned_model"] or "", _at(j["created_at"], "%Y-%m-%d %H:%M:%S"))
     out.print(table)
 
 
@@ -157,63 +155,70 @@ def show(
     events: Annotated[bool, typer.Option("--events", help="Also fetch the provider job's "
                                          "newest events from the provider.")] = False,
     as_json: JsonFlag = False,
+    api: ApiOption = None,
 ) -> None:
     """Show a job: state, provider status, model, and its transition history."""
     settings = _settings()
-    engine = _engine(settings)
-    with session_scope(engine) as session:
-        job = job_ops.get(session, job_id)
-        history = job_ops.history(session, job_id)
-        deployments = deployment_rows.for_job(session, job_id)
-    remote = _provider_events(settings, job) if events else None
+    remote = _remote(settings, api)
+    if remote is not None:
+        with remote:
+            data = remote.show(job_id, events=events)
+    else:
+        data = _show_local(settings, job_id, events=events)
     if as_json:
-        data = job_json(job, history)
-        data["deployments"] = [deployment_json(d) for d in deployments]
-        if remote is not None:
-            data["provider_events"] = [{"at": _iso(e.at), "level": e.level,
-                                        "message": e.message} for e in remote]
         _print_json(data)
         return
-    out.print(f"[bold]{job.id}[/bold] {job.name}: [bold]{job.state}[/bold]")
-    for label, value in (("provider", f"{job.provider} ({job.base_model}, {job.method})"),
-                         ("provider job", job.provider_job_id),
-                         ("provider status", job.provider_status),
-                         ("tuned model", job.fine_tuned_model),
-                         ("deployed model", job.deployed_model), ("error", job.error),
-                         ("last error", job.last_error if job.state != "failed" else None)):
+    out.print(f"[bold]{data['id']}[/bold] {data['name']}: [bold]{data['state']}[/bold]")
+    for name, value in (
+            ("provider", f"{data['provider']} ({data['base_model']}, {data['method']})"),
+            ("provider job", data["provider_job_id"]),
+            ("provider status", data["provider_status"]),
+            ("tuned model", data["fine_tuned_model"]),
+            ("deployed model", data["deployed_model"]), ("error", data["error"]),
+            ("last error", data["last_error"] if data["state"] != "failed" else None)):
         if value:
-            out.print(f"  {label}: {value}")
+            out.print(f"  {name}: {value}")
     table = Table("seq", "at", "from", "to", "provider status", "reason")
-    for t in history:
-        table.add_row(str(t.seq), t.at.strftime("%H:%M:%S.%f")[:-3], t.from_state or "",
-                      t.to_state, t.provider_status or "", t.reason or "")
+    for t in data["history"]:
+        table.add_row(str(t["seq"]), _at(t["at"], "%H:%M:%S.%f")[:-3], t["from"] or "",
+                      t["to"], t["provider_status"] or "", t["reason"] or "")
     out.print(table)
-    if deployments:
-        out.print(_deployments_table(deployments, title="deployments"))
-    if remote is not None:
+    if data["deployments"]:
+        out.print(_deployments_table(data["deployments"], title="deployments"))
+    if "provider_events" in data:
         provider_table = Table("at", "level", "message", title="provider events")
-        for e in remote:
-            provider_table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.level, e.message)
+        for e in data["provider_events"]:
+            provider_table.add_row(_at(e["at"], "%Y-%m-%d %H:%M:%S"), e["level"], e["message"])
         out.print(provider_table)
 
 
-def _provider_events(settings: Settings, job: Job) -> list[RemoteEvent]:
-    """The provider job's newest events, fetched now (nothing if it was never created)."""
-    if job.provider_job_id is None:
-        return []
-    provider = registry.get(job.provider).connect(settings, shared_client(settings))
-    try:
-        return provider.list_events(job.provider_job_id)
-    except ProviderError as exc:
-        raise UserError(f"cannot fetch the events of {job.provider_job_id}: {exc}") from exc
+def _show_local(settings: Settings, job_id: str, *, events: bool) -> dict[str, Any]:
+    with session_scope(_engine(settings)) as session:
+        job = job_ops.get(session, job_id)
+        data = job_json(job, job_ops.history(session, job_id))
+        data["deployments"] = [deployment_json(d)
+                               for d in deployment_rows.for_job(session, job_id)]
+    if events:
+        try:
+            found = job_ops.provider_events(settings, job)
+        except ProviderError as exc:
+            raise UserError(str(exc)) from exc
+        data["provider_events"] = [EventDoc.of(e).doc() for e in found]
+    return data
 
 
 @app.command()
-def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")],
+           api: ApiOption = None) -> None:
     """Cancel a job (the provider job too, if one exists)."""
-    engine = _engine(_settings())
-    job = job_ops.cancel(engine, job_id)
-    out.print(f"{job.id}: {job.state}")
+    settings = _settings()
+    remote = _remote(settings, api)
+    if remote is not None:
+        with remote:
+            data = remote.cancel(job_id)
+    else:
+        data = job_json(job_ops.cancel(_engine(settings), job_id))
+    out.print(f"{data['id']}: {data['state']}")
 
 
 @app.command()
@@ -252,25 +257,25 @@ def list_deployments(
 ) -> None:
     """List deployments (live ones unless --all), newest first, with age and capacity."""
     engine = _engine(_settings())
-    found = deployment_ops.listed(engine, everything=everything)
+    found = [deployment_json(d) for d in deployment_ops.listed(engine, everything=everything)]
     if as_json:
-        _print_json([deployment_json(d) for d in found])
+        _print_json(found)
         return
     out.print(_deployments_table(found))
 
 
-def _deployments_table(found: list[Deployment], title: str | None = None) -> Table:
+def _deployments_table(found: list[dict[str, Any]], title: str | None = None) -> Table:
     now = utcnow()
     table = Table("id", "job", "deployed model", "state", "provider status", "capacity",
                   "age", "expires in", title=title)
     for d in found:
         expires = ""
-        if d.expires_at is not None and d.finished_at is None:
-            left = (d.expires_at - now).total_seconds()
+        if d["expires_at"] is not None and d["finished_at"] is None:
+            left = (datetime.fromisoformat(d["expires_at"]) - now).total_seconds()
             expires = _age(left) if left > 0 else "due"
-        age = ((d.finished_at or now) - d.created_at).total_seconds()
-        table.add_row(d.id, d.job_id, d.deployed_model or "", d.state, d.provider_status or "",
-                      str(d.capacity), _age(age), expires)
+        table.add_row(d["id"], d["job_id"], d["deployed_model"] or "", d["state"],
+                      d["provider_status"] or "", str(d["capacity"]), _age(d["age_s"]),
+                      expires)
     return table
 
 
@@ -281,8 +286,13 @@ def scheduler() -> None:
     from workers.tasks import dispatch
 
     settings = _settings()
+    engine = _engine(settings)
+    if settings.metrics_port:
+        from orchestrator.metrics import serve_process_metrics
+
+        serve_process_metrics(settings.metrics_port)
     stop = threading.Event()
-    Scheduler(settings, _engine(settings), dispatch).run(_stop_on_signals(stop))
+    Scheduler(settings, engine, dispatch).run(_stop_on_signals(stop))
 
 
 @app.command()
@@ -290,29 +300,119 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1, help="Parallel steps.")] = 4,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
 ) -> None:
-    """Run a Celery worker that executes steps."""
+    """Run a Celery worker that executes steps (and queued submissions)."""
     settings = _settings()
     _engine(settings)
+    if settings.metrics_port:
+        if pool == "prefork":
+            _share_metrics_with_children()
+        from orchestrator.metrics import serve_process_metrics
+
+        serve_process_metrics(settings.metrics_port)
     _run_worker(pool, concurrency)
 
 
+def _share_metrics_with_children() -> None:
+    """Make the prefork pool's children count into files the worker's /metrics sums up
+    (prometheus_client's multiprocess mode). It has to be set before prometheus_client is
+    first imported, which fixes how values are kept."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the worker set "
+                           "PROMETHEUS_MULTIPROC_DIR: its pool's metrics would be lost")
+    shared, owner = tempfile.mkdtemp(prefix="tunectl-metrics-"), os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # never from a pool child that inherited the handler
+            shutil.rmtree(shared, ignore_errors=True)
+
+    atexit.register(remove)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
+
+
 @app.command()
-def up(concurrency: Annotated[int, typer.Option(min=1, help="Parallel steps.")] = 4) -> None:
-    """Run the scheduler and a worker in one process (the embedded default needs no servers)."""
+def api(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default: "
+                                             "TUNECTL_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: "
+                                             "TUNECTL_API_PORT).")] = None,
+) -> None:
+    """Serve the HTTP API (docs/api.md)."""
+    settings = _settings()
+    _serve_api(settings, _engine(settings), host or settings.api_host,
+               port or settings.api_port).run()
+
+
+def _serve_api(settings: Settings, engine: Any, host: str, port: int) -> Any:
+    import uvicorn
+
+    from orchestrator.api.app import create_app
+
+    if not settings.api_tokens:
+        structlog.get_logger("tunectl.api").warning(
+            "api.no_tokens", why="TUNECTL_API_TOKENS is empty: every job request gets 401; "
+            "`tunectl api-token` makes a token")
+    return uvicorn.Server(uvicorn.Config(create_app(settings, engine), host=host, port=port,
+                                         log_config=None, lifespan="off"))
+
+
+@app.command("api-token")
+def api_token(
+    project: Annotated[str, typer.Option(help="The project whose jobs the token sees.")],
+    name: Annotated[str, typer.Option(help="Who holds it (shown in logs).")] = "",
+    admin: Annotated[bool, typer.Option("--admin", help="Also every project's jobs and the "
+                                        "operator endpoints.")] = False,
+) -> None:
+    """Make an API token: prints the token (give it to its holder; it is not stored) and the
+    entry to add to TUNECTL_API_TOKENS."""
+    from orchestrator.api.auth import hash_token, new_token
+    from orchestrator.config import ApiToken
+
+    token = new_token()
+    try:
+        entry = ApiToken(name=name or project, project=project, sha256=hash_token(token),
+                         admin=admin)
+    except ValueError as exc:
+        raise UserError(f"--project {project!r}: must be 1-64 lower-case letters, digits, "
+                        "'_', '.' or '-'") from exc
+    sys.stdout.write(f"token: {token}\nTUNECTL_API_TOKENS entry: "
+                     f"{entry.model_dump_json()}\n")
+
+
+@app.command()
+def up(
+    concurrency: Annotated[int, typer.Option(min=1, help="Parallel steps.")] = 4,
+    with_api: Annotated[bool, typer.Option("--api/--no-api", help="Also serve the HTTP API "
+                                           "on TUNECTL_API_HOST:TUNECTL_API_PORT.")] = True,
+) -> None:
+    """Run the scheduler, a worker and the API in one process (the embedded default needs
+    no servers)."""
     from orchestrator.scheduler import Scheduler
     from workers.tasks import dispatch
 
     settings = _settings()
     engine = _engine(settings)
     stop = threading.Event()
-    thread = threading.Thread(target=Scheduler(settings, engine, dispatch).run, args=(stop,),
-                              name="scheduler", daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=Scheduler(settings, engine, dispatch).run, args=(stop,),
+                                name="scheduler", daemon=True)]
+    server = _serve_api(settings, engine, settings.api_host, settings.api_port) \
+        if with_api else None
+    if server is not None:
+        threads.append(threading.Thread(target=server.run, name="api", daemon=True))
+    for thread in threads:
+        thread.start()
     try:
         _run_worker("threads", concurrency)
     finally:
         stop.set()
-        thread.join(timeout=10)
+        if server is not None:
+            server.should_exit = True
+        for thread in threads:
+            thread.join(timeout=10)
 
 
 def _run_worker(pool: str, concurrency: int) -> None:

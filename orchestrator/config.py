@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import MissingCredential
@@ -24,6 +25,21 @@ def default_data_dir() -> Path:
     """Where the embedded default keeps its SQLite files and datasets."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "tunectl"
+
+
+class ApiToken(BaseModel):
+    """One API bearer token, as configured: only its SHA-256 is ever stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Who holds it (shown in logs, never the token).
+    name: str = Field(min_length=1, max_length=64)
+    #: The project whose jobs it sees and submits.
+    project: str = Field(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+    #: Hex SHA-256 of the token (`tunectl api token` prints both).
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: Operator token: also sees and cancels every project's jobs, and reads /metrics.
+    admin: bool = False
 
 
 class Settings(BaseSettings):
@@ -74,6 +90,30 @@ class Settings(BaseSettings):
     log_format: str = "json"
     log_level: str = "info"
 
+    #: The project of jobs submitted with the local CLI (API jobs take their token's).
+    default_project: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+    #: Where datasets are stored for every machine: empty for the local blob directory, or
+    #: an fsspec URL (s3://bucket/prefix, gs://bucket/prefix); then the local directory is a
+    #: cache of it.
+    blob_url: str = ""
+    #: fsspec options for blob_url as JSON (for example {"endpoint_url": "http://minio:9000"}).
+    blob_storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    #: The API's bearer tokens as JSON: [{"name", "project", "sha256", "admin"}, …].
+    api_tokens: list[ApiToken] = Field(default_factory=list)
+    #: Largest request body the API reads, except dataset uploads.
+    api_max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    #: Largest dataset upload (and job submission with its datasets) the API reads.
+    api_max_upload_bytes: int = Field(default=512 << 20, ge=1024)
+    #: The CLI talks to this API instead of the database (`--api` overrides it).
+    api_url: str = ""
+    #: The CLI's bearer token for api_url.
+    api_token: SecretStr | None = None
+    #: A scheduler or worker serves its own /metrics on this port (0: none).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
     @model_validator(mode="after")
     def _derive_urls(self) -> Settings:
         if not self.database_url:
@@ -87,6 +127,8 @@ class Settings(BaseSettings):
                              "deploy_timeout_s positive")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if len({t.sha256 for t in self.api_tokens}) != len(self.api_tokens):
+            raise ValueError("api_tokens: two tokens have the same sha256; give each its own")
         if self.broker_visibility_timeout_s <= self.lease_s:
             raise ValueError("broker_visibility_timeout_s must be above lease_s, or the broker "
                              "would hand a running step to a second worker")

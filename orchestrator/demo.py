@@ -76,7 +76,8 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
                TUNECTL_DASHSCOPE_BASE_URL=f"http://127.0.0.1:{port}/dashscope/api/v1",
                OPENAI_API_KEY="sk-emulator-demo", DASHSCOPE_API_KEY="sk-emulator-demo",
                TUNECTL_POLL_INTERVAL_S="0.5",
-               TUNECTL_SCHEDULER_TICK_S="0.2", TUNECTL_RETRY_BASE_S="0.5")
+               TUNECTL_SCHEDULER_TICK_S="0.2", TUNECTL_RETRY_BASE_S="0.5",
+               TUNECTL_API_PORT=str(_free_port()))
     demo_settings = Settings(data_dir=home)
     log = home / "daemon.log"
     console.print(f"[bold]tunectl demo[/bold]: data in {home}, logs in {log}", highlight=False)
@@ -93,11 +94,12 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
         children.append(_tunectl("up", env=env, log=log))
         console.print("daemon started (scheduler + worker, SQLite + SQLAlchemy broker)\n")
         engine = make_engine(demo_settings.database_url)
-        blobs = BlobStore(demo_settings.blob_dir)
+        blobs = BlobStore.from_settings(demo_settings)
         names: dict[str, str] = {}
         for example in EXAMPLES:
             path = Path(str(files("orchestrator.examples") / example))
-            job = job_ops.submit(engine, blobs, load_spec(path), source=example).job
+            job = job_ops.submit(engine, blobs, load_spec(path), source=example,
+                                 project=demo_settings.default_project).job
             names[job.id] = job.name
             console.print(f"submitted [bold]{job.name}[/bold] as {job.id}", highlight=False)
         console.print()

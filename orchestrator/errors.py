@@ -8,7 +8,9 @@
     │   ├── MissingCredential     a provider key is not configured
     │   ├── JobNotFound           no job has that id
     │   ├── IdempotencyConflict   an idempotency key was reused with a different spec
+    │   ├── CannotCancel          the job is past the point where it can be cancelled
     │   └── DatabaseNotMigrated   the database schema is not at the code's revision
+    ├── BlobStoreError            the dataset store (an object store) failed; worth retrying
     ├── TransitionError           a state change was refused and nothing was written
     │   ├── IllegalTransition     the move is not in states.TRANSITIONS
     │   └── StaleTransition       the job was no longer where the caller thought (lost the CAS)
@@ -66,8 +68,16 @@ class IdempotencyConflict(UserError):
     """The idempotency key belongs to a job with a different spec."""
 
 
+class CannotCancel(UserError):
+    """The job cannot be cancelled in its state (or kept changing while we tried)."""
+
+
 class DatabaseNotMigrated(UserError):
     """The database schema is not at this version's revision; run `tunectl db upgrade`."""
+
+
+class BlobStoreError(TunectlError):
+    """The dataset blob store could not be reached or returned something wrong."""
 
 
 class TransitionError(TunectlError):

@@ -22,7 +22,7 @@ SENSITIVE_KEY = re.compile(
     re.IGNORECASE)
 #: Secrets inside free text: provider keys, auth headers, key=value pairs, URL passwords.
 SENSITIVE_VALUE = re.compile(
-    r"(whsec_[A-Za-z0-9+/=]+|\bsk-[A-Za-z0-9_\-]{6,}"
+    r"(whsec_[A-Za-z0-9+/=]+|\bsk-[A-Za-z0-9_\-]{6,}|\btcl_[A-Za-z0-9_\-]{8,}"
     r"|\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]+"
     r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@))", re.IGNORECASE)
 SENSITIVE_ASSIGNMENT = re.compile(

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 import structlog
 
+from orchestrator import metrics
 from orchestrator.config import Settings
 from orchestrator.db import queries
 from orchestrator.db.engine import session_scope
@@ -70,6 +71,8 @@ class Scheduler:
                 claimed = queries.claim_due_jobs(
                     session, owner=lease, now=now, limit=self.settings.scheduler_batch,
                     until=now + timedelta(seconds=self.settings.lease_s))
+            for job in claimed:
+                metrics.PICKUP_LAG.observe(max(0.0, (now - job.next_run_at).total_seconds()))
             for i, job in enumerate(claimed):
                 try:
                     if job.attempts >= self.settings.max_attempts:

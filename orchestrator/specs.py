@@ -112,22 +112,32 @@ def load_spec(path: Path) -> JobSpec:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(source, "", f"cannot read the spec ({exc.strerror})") from exc
+    spec = parse_document(raw, source, as_json=path.suffix.lower() == ".json")
+    base = path.resolve().parent
+    updates: dict[str, Path] = {"training_file": base / spec.training_file}
+    if spec.validation_file is not None:
+        updates["validation_file"] = base / spec.validation_file
+    return spec.model_copy(update=updates)
+
+
+def read_document(raw: bytes, source: str, *, as_json: bool) -> tuple[Any, dict[str, int]]:
+    """Parse a spec's bytes (JSON, else YAML) into plain data, refusing what a spec may not
+    hold (aliases, duplicate keys, non-finite numbers); returns (data, line of each field)."""
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecError(source, "", f"spec is {len(raw)} bytes; the limit is {MAX_SPEC_BYTES}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(source, "", f"not UTF-8 (byte {exc.start}); save it as UTF-8") from exc
-    if path.suffix.lower() == ".json":
-        data, lines = _parse_json(text, source), dict[str, int]()
-    else:
-        data, lines = _parse_yaml(text, source)
-    spec = parse_spec(data, source, lines)
-    base = path.resolve().parent
-    updates: dict[str, Path] = {"training_file": base / spec.training_file}
-    if spec.validation_file is not None:
-        updates["validation_file"] = base / spec.validation_file
-    return spec.model_copy(update=updates)
+    if as_json:
+        return _parse_json(text, source), dict[str, int]()
+    return _parse_yaml(text, source)
+
+
+def parse_document(raw: bytes, source: str, *, as_json: bool) -> JobSpec:
+    """Parse and validate a spec's bytes (JSON, else YAML)."""
+    data, lines = read_document(raw, source, as_json=as_json)
+    return parse_spec(data, source, lines)
 
 
 def checked_plugin(spec: JobSpec, source: str) -> ProviderPlugin:
@@ -150,6 +160,10 @@ def parse_spec(data: Any, source: str, lines: dict[str, int] | None = None) -> J
     """Validate already-parsed spec data (from a file, or later an API body)."""
     if not isinstance(data, dict):
         raise SpecError(source, "", "a spec must be a mapping of fields (name, provider, …)")
+    nul = _nul_at(data, "")
+    if nul is not None:
+        raise SpecError(_with_line(source, lines or {}, nul), nul,
+                        "holds a NUL character; remove it")
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
@@ -167,6 +181,23 @@ def parse_spec(data: Any, source: str, lines: dict[str, int] | None = None) -> J
         if more:
             reason += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise SpecError(where, field, reason) from None
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """The field path of the first string (or key) holding a NUL character, if any: no
+    database stores one in text."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items: Any = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        child = f"{path}.{key}" if path else str(key)
+        if "\x00" in str(key):
+            return child
+        found = _nul_at(item, child)
+        if found is not None:
+            return found
+    return None
 
 
 def _reason(err: Any) -> str:

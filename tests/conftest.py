@@ -22,7 +22,8 @@ STACK = os.environ.get("TUNECTL_TEST_STACK", "embedded")
 PG_ADMIN_URL = os.environ.get("TUNECTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TUNECTL_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 API_KEY = "sk-test-4f9a8b7c6d5e"
-TABLES = ("deployment_transitions", "deployments", "job_transitions", "provider_files", "jobs")
+TABLES = ("deployment_transitions", "deployments", "job_transitions", "provider_files",
+          "uploaded_datasets", "jobs")
 
 if STACK not in ("embedded", "production"):
     raise pytest.UsageError(f"TUNECTL_TEST_STACK={STACK!r}: use embedded or production")

@@ -118,9 +118,10 @@ class Pump:
     def dispatch(self, step: str, job_id: str, lease: str) -> None:
         self.sent.append((step, job_id, lease))
 
-    def submit(self, spec: JobSpec) -> Job:
+    def submit(self, spec: JobSpec, project: str = "default") -> Job:
         blobs = BlobStore(self.settings.blob_dir)
-        return job_ops.submit(self.engine, blobs, spec, source="test", now=self.clock()).job
+        return job_ops.submit(self.engine, blobs, spec, source="test", project=project,
+                              now=self.clock()).job
 
     def scheduler(self) -> Scheduler:
         return Scheduler(self.settings, self.engine, self.dispatch, now=self.clock)

@@ -1,16 +1,28 @@
-"""One thin Celery task per step, named ``tunectl.step.<step>`` (names live in queued
-messages: renaming one is a breaking change). Each task only runs the step through
+"""One thin Celery task per step, named ``tunectl.step.<step>``, and ``tunectl.submit``, the
+task any producer on the broker can ``send_task`` a spec to (names live in queued messages:
+renaming one is a breaking change). Each step task only runs the step through
 ``orchestrator.steps.runner``; none sleeps on a provider."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
+import structlog
+
+from orchestrator import jobs as job_ops
+from orchestrator.blobs import BlobStore
 from orchestrator.config import get_settings
 from orchestrator.db.engine import get_engine
+from orchestrator.errors import BlobStoreError, SpecError, UserError
+from orchestrator.specs import parse_spec
 from orchestrator.steps import STEPS, UNDEPLOY
 from orchestrator.steps.runner import run_step
 from workers.app import QUEUE, app
+
+#: The documented name producers send specs to (docs/api.md, "Queue submission").
+SUBMIT_TASK = "tunectl.submit"
+log = structlog.get_logger("tunectl.submit")
 
 
 def dispatch(step: str, job_id: str, lease: str) -> None:
@@ -31,3 +43,32 @@ def _make_task(step: str) -> Any:
 
 
 TASKS = {step: _make_task(step) for step in (*STEPS, UNDEPLOY)}
+
+
+@app.task(name=SUBMIT_TASK, autoretry_for=(sa.exc.OperationalError, BlobStoreError),  # type: ignore[untyped-decorator]
+          retry_backoff=True, max_retries=10)
+def submit(spec: dict[str, Any], project: str | None = None) -> str | None:
+    """Queue a job from a spec another service sent (``send_task``); see docs/api.md.
+
+    Its datasets must already be in the blob store, named ``sha256:<hex>``, and it must
+    carry an ``idempotency_key`` (a message may be delivered twice). Returns the job's id;
+    a refused spec is logged (``submit.rejected``) and dropped, since sending it again
+    cannot help.
+    """
+    settings = get_settings()
+    source = f"the queue ({SUBMIT_TASK})"
+    try:
+        parsed = parse_spec(spec, source)
+        if not parsed.idempotency_key:
+            raise SpecError(source, "idempotency_key", "is required for a queued submit: "
+                            "a message may be delivered twice")
+        blobs = BlobStore.from_settings(settings)
+        result = job_ops.submit(get_engine(settings.database_url), blobs, parsed,
+                                source=source, project=project or settings.default_project,
+                                datasets=job_ops.referenced(blobs, parsed, source))
+    except UserError as exc:
+        log.error("submit.rejected", error=str(exc), project=project)
+        return None
+    log.info("submit.queued", job_id=result.job.id, created=result.created,
+             project=result.job.project)
+    return result.job.id

@@ -1,5 +1,6 @@
-"""The tables: jobs, their append-only transition history, uploaded provider files, and
-deployments of tuned models with their own history.
+"""The tables: jobs, their append-only transition history, uploaded provider files,
+deployments of tuned models with their own history, and the datasets each project uploaded
+through the API.
 
 The tables hold their own invariants as CHECK constraints, so that no code path (or a
 hand-written UPDATE from an operator) can leave a job half-terminal or half-leased.
@@ -66,16 +67,22 @@ class Job(SQLModel, table=True):
             sqlite_where=sa.text("lease_owner IS NOT NULL"),
         ),
         sa.Index("ix_jobs_state_provider", "state", "provider"),
+        # The API's list: one project's jobs, newest first (keyset pagination).
+        sa.Index("ix_jobs_project_created", "project", "created_at", "id"),
+        # An idempotency key is a project's own: another project's key never collides.
+        sa.UniqueConstraint("project", "idempotency_key"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
+    #: Who owns the job: an API token's project, or TUNECTL_DEFAULT_PROJECT for the CLI.
+    project: str = Field(default="default", max_length=64)
     name: str = Field(max_length=200)
     provider: str = Field(max_length=40)
     base_model: str = Field(max_length=200)
     method: str = Field(max_length=20)
     spec: dict[str, Any] = Field(sa_type=JSONDict)
     spec_sha256: str = Field(max_length=64)
-    idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
+    idempotency_key: str | None = Field(default=None, max_length=200)
     labels: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDict)
     training_blob: str = Field(max_length=64)
     validation_blob: str | None = Field(default=None, max_length=64)
@@ -242,3 +249,15 @@ class DeploymentTransition(SQLModel, table=True):
 
 DEPLOYMENTS: sa.Table = Deployment.__table__  # type: ignore[attr-defined]
 DEPLOYMENT_HISTORY: sa.Table = DeploymentTransition.__table__  # type: ignore[attr-defined]
+
+
+class UploadedDataset(SQLModel, table=True):
+    """A dataset a project uploaded through the API; a spec of that project may then name it
+    as ``sha256:<hex>`` (another project's upload is not found)."""
+
+    __tablename__ = "uploaded_datasets"
+
+    project: str = Field(primary_key=True, max_length=64)
+    sha256: str = Field(primary_key=True, max_length=64)
+    bytes: int = Field(sa_type=sa.BigInteger)
+    created_at: datetime = _tz(default_factory=utcnow)

@@ -36,7 +36,7 @@ _CLAIM_DUE_JOBS = {
         )
         UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until
         WHERE id IN (SELECT id FROM due)
-        RETURNING id, state, version, attempts, last_error, provider_job_id
+        RETURNING id, state, version, attempts, last_error, provider_job_id, next_run_at
     """,
     "sqlite": """
         UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until
@@ -46,7 +46,7 @@ _CLAIM_DUE_JOBS = {
             ORDER BY next_run_at, id
             LIMIT :limit
         )
-        RETURNING id, state, version, attempts, last_error, provider_job_id
+        RETURNING id, state, version, attempts, last_error, provider_job_id, next_run_at
     """,
 }
 
@@ -69,6 +69,8 @@ class Claimed:
     attempts: int
     last_error: str | None
     provider_job_id: str | None
+    #: When it was due (the claim is how late it is picked up).
+    next_run_at: datetime
 
 
 def connection(db: DB) -> sa.Connection:
@@ -87,7 +89,9 @@ def claim_due_jobs(
     """
     stmt = sa.text(_CLAIM_DUE_JOBS[connection(db).dialect.name]).bindparams(
         sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime())
-    )
+    ).columns(sa.column("id"), sa.column("state"), sa.column("version"),
+              sa.column("attempts"), sa.column("last_error"), sa.column("provider_job_id"),
+              sa.column("next_run_at", TZDateTime()))
     rows = connection(db).execute(
         stmt, {"now": now, "until": until, "owner": owner, "limit": limit}
     )

@@ -61,4 +61,4 @@ class StepContext:
     @cached_property
     def blobs(self) -> BlobStore:
         """The dataset store."""
-        return BlobStore(self.settings.blob_dir)
+        return BlobStore.from_settings(self.settings)

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 import structlog
 
+from orchestrator import metrics
 from orchestrator.config import Settings
 from orchestrator.db import queries
 from orchestrator.db.engine import retry_on_disconnect, session_scope
@@ -31,6 +32,7 @@ from orchestrator.errors import (
     MissingCredential,
     PermanentProviderError,
     ProviderAuthError,
+    ProviderError,
     RetryableProviderError,
     StaleTransition,
     TunectlError,
@@ -102,9 +104,10 @@ def run_step(
         started = time.monotonic()
         outcome = _attempt(job, step, settings, engine, now)
         result = _apply(job, lease, outcome, settings, engine, dispatch, now())
+        took = time.monotonic() - started
+        metrics.STEP_SECONDS.labels(step, job.provider, metrics.step_outcome(result)).observe(took)
         log.info("step.finished", outcome=result, state=job.state,
-                 duration_ms=round((time.monotonic() - started) * 1000, 1),
-                 provider_status=job.provider_status)
+                 duration_ms=round(took * 1000, 1), provider_status=job.provider_status)
         return result
 
 
@@ -138,7 +141,11 @@ def _attempt(job: Job, step: str, settings: Settings, engine: sa.Engine,
     try:
         ctx = StepContext(settings=settings, engine=engine, plugin=registry.get(job.provider),
                           now=now)
-        return STEPS[step](job, ctx)
+        try:
+            return STEPS[step](job, ctx)
+        except ProviderError as exc:
+            metrics.PROVIDER_ERRORS.labels(job.provider, step, type(exc).__name__).inc()
+            raise
     except RetryableProviderError as exc:
         log.warning("step.retryable_error", error=str(exc), retry_after=exc.retry_after)
         return Retry(retry_delay(settings, job.attempts, exc.retry_after), str(exc))

@@ -316,7 +316,8 @@ class Stack:
     def submit_in_process(self, spec: Path) -> str:
         """Submit through ``orchestrator.jobs.submit`` (no CLI start-up: a burst at once)."""
         blobs = BlobStore(self.data_dir / "blobs")
-        return job_ops.submit(self.engine, blobs, load_spec(spec), source=str(spec)).job.id
+        return job_ops.submit(self.engine, blobs, load_spec(spec), source=str(spec),
+                              project="default").job.id
 
     def show(self, job_id: str) -> dict[str, Any]:
         """``tunectl show JOB --json`` (with ``history``)."""

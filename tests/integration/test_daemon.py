@@ -1,5 +1,6 @@
 """`tunectl up` as a real process on the selected stack: jobs go end to end through a real
-Celery worker and the scheduler, and its logs are JSON lines that never contain the key."""
+Celery worker and the scheduler, its API answers, and its logs are JSON lines that never
+contain the key."""
 
 from __future__ import annotations
 
@@ -30,7 +31,15 @@ def emulator_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def daemon(settings: Settings, emulator_url: str, tmp_path: Path) -> Iterator[Path]:
+def api_port() -> int:
+    from tests.e2e.processes import free_port
+
+    return free_port()
+
+
+@pytest.fixture
+def daemon(settings: Settings, emulator_url: str, tmp_path: Path,
+           api_port: int) -> Iterator[Path]:
     log = tmp_path / "daemon.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNECTL_", "OPENAI_"))}
     env.update(TUNECTL_DATA_DIR=str(settings.data_dir),
@@ -38,7 +47,7 @@ def daemon(settings: Settings, emulator_url: str, tmp_path: Path) -> Iterator[Pa
                TUNECTL_BROKER_URL=settings.broker_url,
                TUNECTL_OPENAI_BASE_URL=f"{emulator_url}/v1", OPENAI_API_KEY=API_KEY,
                TUNECTL_POLL_INTERVAL_S="0.3", TUNECTL_SCHEDULER_TICK_S="0.2",
-               TUNECTL_LOG_LEVEL="info")
+               TUNECTL_LOG_LEVEL="info", TUNECTL_API_PORT=str(api_port))
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up"], env=env,
                                 stdout=sink, stderr=sink)
@@ -51,10 +60,11 @@ def daemon(settings: Settings, emulator_url: str, tmp_path: Path) -> Iterator[Pa
 
 
 def test_jobs_run_end_to_end_and_logs_never_show_the_key(
-        settings: Settings, engine: sa.Engine, daemon: Path, tmp_path: Path) -> None:
+        settings: Settings, engine: sa.Engine, daemon: Path, tmp_path: Path,
+        api_port: int) -> None:
     blobs = BlobStore(settings.blob_dir)
     ids = [job_ops.submit(engine, blobs, make_spec(tmp_path, name=f"daemon-{i}"),
-                          source="test").job.id for i in range(3)]
+                          source="test", project="default").job.id for i in range(3)]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with session_scope(engine) as session:
@@ -71,3 +81,8 @@ def test_jobs_run_end_to_end_and_logs_never_show_the_key(
     assert {x["job_id"] for x in finished} == set(ids)
     assert all(x["step"] and x["provider"] == "openai" for x in finished)
     assert API_KEY not in daemon.read_text()
+    # The same process serves the API.
+    import httpx
+
+    ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"database": "ok", "broker": "ok"}

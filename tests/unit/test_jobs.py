@@ -16,7 +16,8 @@ from tests.helpers import make_spec, write_dataset
 
 
 def submit(settings: Settings, engine: sa.Engine, spec: object) -> job_ops.Submitted:
-    return job_ops.submit(engine, BlobStore(settings.blob_dir), spec, source="s.yaml")  # type: ignore[arg-type]
+    return job_ops.submit(engine, BlobStore(settings.blob_dir), spec, source="s.yaml",  # type: ignore[arg-type]
+                          project="default")
 
 
 def count(engine: sa.Engine) -> int:
@@ -90,7 +91,8 @@ def test_a_spec_without_a_training_type_stores_and_digests_as_before(
     import json
 
     spec = make_spec(tmp_path, idempotency_key="old-1")
-    job = job_ops.submit(engine, BlobStore(tmp_path / "blobs"), spec, source="t").job
+    job = job_ops.submit(engine, BlobStore(tmp_path / "blobs"), spec, source="t",
+                         project="default").job
     before = spec.model_dump(mode="json", exclude={"training_file", "validation_file",
                                                    "training_type"})
     digest = hashlib.sha256(json.dumps({**before, "training_blob": job.training_blob,
