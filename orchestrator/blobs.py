@@ -11,13 +11,17 @@ import hashlib
 import os
 import stat
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from orchestrator.errors import DatasetError
 
 _CHUNK = 1 << 20
 #: No provider takes a dataset anywhere near this big (the largest limit is 1 GB).
 MAX_BLOB_BYTES = 4 << 30
+T = TypeVar("T")
 
 
 def sha256_file(path: Path) -> str:
@@ -73,6 +77,21 @@ class BlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def put_written(self, write: Callable[[Path], T]) -> tuple[str, T]:
+        """Store the file ``write(path)`` writes (a converted dataset); return its SHA-256
+        and what ``write`` returned. Nothing is left behind if ``write`` raises."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        scratch = self.root / f".written-{uuid.uuid4().hex}"
+        try:
+            result = write(scratch)
+            sha = sha256_file(scratch)
+            final = self.path(sha)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(scratch, final)
+            return sha, result
+        finally:
+            scratch.unlink(missing_ok=True)
 
     def open_path(self, sha256: str) -> Path:
         """The path of a stored blob; raises DatasetError if it is gone."""

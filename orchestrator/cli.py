@@ -201,7 +201,8 @@ def _provider_events(settings: Settings, job: Job) -> list[RemoteEvent]:
     """The provider job's newest events, fetched now (nothing if it was never created)."""
     if job.provider_job_id is None:
         return []
-    provider = registry.get(job.provider).connect(settings, shared_client(settings))
+    provider = registry.get(job.provider).connect(settings, shared_client(settings),
+                                                  job.spec.get("provider_options"))
     try:
         return provider.list_events(job.provider_job_id)
     except ProviderError as exc:
