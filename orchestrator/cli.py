@@ -69,6 +69,7 @@ def job_json(job: Job, history: list[JobTransition] | None = None) -> dict[str, 
         "idempotency_key": job.idempotency_key,
         "training_file_id": job.training_file_id,
         "validation_file_id": job.validation_file_id, "result": job.result,
+        "model_ref": job.result.get("model_ref"),
         "dataset": job.dataset, "attempts": job.attempts, "last_error": job.last_error,
         "created_at": _iso(job.created_at), "updated_at": _iso(job.updated_at),
         "finished_at": _iso(job.finished_at), "next_run_at": _iso(job.next_run_at),
@@ -183,6 +184,12 @@ def show(
                          ("last error", job.last_error if job.state != "failed" else None)):
         if value:
             out.print(f"  {label}: {value}")
+    model_ref = job.result.get("model_ref") or {}
+    if model_ref:  # what a client passes to call the tuned model (LiteLLM's names)
+        out.print("  model ref:")
+        for key, value in model_ref.items():
+            if key != "provider":
+                out.print(f"    {key}: {value}", highlight=False)
     table = Table("seq", "at", "from", "to", "provider status", "reason")
     for t in history:
         table.add_row(str(t.seq), t.at.strftime("%H:%M:%S.%f")[:-3], t.from_state or "",
