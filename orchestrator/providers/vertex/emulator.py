@@ -5,6 +5,7 @@ benchmarks.
 
     POST /token                                   OAuth 2 token endpoint (jwt-bearer grant)
     GET  /storage/v1/b/{bucket}/o/{object}        object metadata (``alt=media``: its bytes)
+    GET  /download/storage/v1/b/{bucket}/o/{object}   its bytes (the object's ``mediaLink``)
     POST /upload/storage/v1/b/{bucket}/o          uploadType=media | multipart | resumable
     PUT  /upload/storage/v1/b/{bucket}/o          a resumable session's chunks (``upload_id``)
     POST /{v1|v1beta1}/projects/{p}/locations/{l}/tuningJobs          create
@@ -54,7 +55,7 @@ from orchestrator.providers.vertex.emulator_state import (
 
 __all__ = ["Scenario", "create_app", "mount", "serve"]
 
-API_PREFIXES = ("/v1/", "/v1beta1/", "/storage/", "/upload/")
+API_PREFIXES = ("/v1/", "/v1beta1/", "/storage/", "/upload/", "/download/")
 VERSIONS = ("v1", "v1beta1")
 _LOCATION = re.compile(r"^(global|us|eu|[a-z]+(-[a-z]+)+[0-9]+)$")
 SERVER_ERRORS = {500: ("INTERNAL", "Internal error encountered."),
@@ -116,13 +117,27 @@ def add_service_account(store: StoreDep, key: ServiceAccountKey) -> dict[str, bo
 # --- Cloud Storage ----------------------------------------------------------------------------
 
 
-def get_object(store: StoreDep, bucket: str, name: str,
+def _base(request: Request) -> str:
+    """Where this emulator is served (links in object resources point back at it)."""
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    return f"{request.url.scheme}://{request.url.netloc}{root}"
+
+
+def get_object(request: Request, store: StoreDep, bucket: str, name: str,
                alt: str | None = None) -> Any:
     """An object's metadata, or its bytes with ``alt=media``."""
     stored = store.get_object(bucket, name)
     if alt == "media":
-        return Response(stored.content, media_type=stored.content_type)
-    return stored.to_api()
+        return Response(stored.content, media_type=stored.content_type,
+                        headers={"x-goog-hash": f"md5={stored.md5}"})
+    return stored.to_api(_base(request))
+
+
+def download_object(store: StoreDep, bucket: str, name: str) -> Response:
+    """An object's bytes (the ``mediaLink`` of its resource)."""
+    stored = store.get_object(bucket, name)
+    return Response(stored.content, media_type=stored.content_type,
+                    headers={"x-goog-hash": f"md5={stored.md5}"})
 
 
 async def upload(request: Request, store: StoreDep, bucket: str,
@@ -137,13 +152,14 @@ async def upload(request: Request, store: StoreDep, bucket: str,
         if not name:
             raise ApiError(400, "INVALID_ARGUMENT", "Required parameter: name", storage=True)
         return store.put_object(bucket, name, body, request.headers.get("content-type", ""),
-                                {}, only_if_absent, "media")
+                                {}, only_if_absent, "media", _base(request))
     if upload_type == "multipart":
         metadata, content, content_type = _multipart(request.headers.get("content-type", ""),
                                                      body)
         return store.put_object(bucket, str(metadata.get("name") or name or ""), content,
                                 str(metadata.get("contentType") or content_type),
-                                _custom(metadata), only_if_absent, "multipart")
+                                _custom(metadata), only_if_absent, "multipart",
+                                _base(request))
     if upload_type == "resumable":
         metadata = json.loads(body) if body.strip() else {}
         if not isinstance(metadata, dict):
@@ -163,7 +179,7 @@ async def upload_chunk(request: Request, store: StoreDep, bucket: str,
                        upload_id: str) -> Any:
     """A resumable session's next chunk (or, with ``bytes */TOTAL``, its status)."""
     result = store.put_chunk(upload_id, request.headers.get("content-range"),
-                             await request.body())
+                             await request.body(), _base(request))
     if isinstance(result, dict):
         return result
     headers = {"range": f"bytes=0-{result - 1}"} if result else {}
@@ -264,6 +280,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("POST", "/token", token),
     ("POST", "/_emulator/service-accounts", add_service_account),
     ("GET", "/storage/v1/b/{bucket}/o/{name:path}", get_object),
+    ("GET", "/download/storage/v1/b/{bucket}/o/{name:path}", download_object),
     ("POST", "/upload/storage/v1/b/{bucket}/o", upload),
     ("PUT", "/upload/storage/v1/b/{bucket}/o", upload_chunk),
     ("POST", _JOBS, create_job),

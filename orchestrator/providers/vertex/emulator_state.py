@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 import google.auth.exceptions
 import google.auth.jwt
@@ -38,7 +39,7 @@ from orchestrator.providers.emulation import (
 )
 
 #: Where the fault knobs apply unless a scenario says otherwise: Vertex and Cloud Storage.
-API_ROUTES = r"^/(v1|v1beta1|storage|upload)/"
+API_ROUTES = r"^/(v1|v1beta1|storage|upload|download)/"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 #: Base models the emulator tunes (as Vertex's supervised-tuning pages list them).
@@ -137,18 +138,25 @@ class StoredObject:
     generation: int
     created_at: float
 
-    def to_api(self) -> dict[str, Any]:
-        """The Object resource (int64 fields as strings)."""
-        md5 = base64.b64encode(hashlib.md5(self.content).digest()).decode()
-        path = f"{self.bucket}/{self.name}"
-        return {"kind": "storage#object", "id": f"{path}/{self.generation}", "name": self.name,
+    @property
+    def md5(self) -> str:
+        """The base64 MD5 of the content, as Cloud Storage reports it."""
+        return base64.b64encode(hashlib.md5(self.content).digest()).decode()
+
+    def to_api(self, base: str) -> dict[str, Any]:
+        """The Object resource (int64 fields as strings), its links under ``base``."""
+        md5 = self.md5
+        path = f"{quote(self.bucket, safe='')}/o/{quote(self.name, safe='')}"
+        return {"kind": "storage#object", "id": f"{self.bucket}/{self.name}/{self.generation}",
+                "name": self.name,
                 "bucket": self.bucket, "generation": str(self.generation),
                 "metageneration": "1", "contentType": self.content_type,
                 "size": str(len(self.content)), "md5Hash": md5, "metadata": self.metadata,
                 "timeCreated": rfc3339(self.created_at), "updated": rfc3339(self.created_at),
                 "storageClass": "STANDARD", "etag": md5[:12],
-                "selfLink": f"https://www.googleapis.com/storage/v1/b/{path}",
-                "mediaLink": f"https://storage.googleapis.com/download/storage/v1/b/{path}"}
+                "selfLink": f"{base}/storage/v1/b/{path}",
+                "mediaLink": f"{base}/download/storage/v1/b/{path}?generation="
+                             f"{self.generation}&alt=media"}
 
 
 @dataclass
@@ -331,7 +339,8 @@ class Store(FaultStore[Scenario]):
     # Cloud Storage
 
     def put_object(self, bucket: str, name: str, content: bytes, content_type: str,
-                   metadata: dict[str, str], only_if_absent: bool, kind: str) -> dict[str, Any]:
+                   metadata: dict[str, str], only_if_absent: bool, kind: str,
+                   base: str) -> dict[str, Any]:
         """Create (or replace) an object.
 
         Raises:
@@ -348,7 +357,7 @@ class Store(FaultStore[Scenario]):
                                   self._clock())
             self._objects[(bucket, name)] = stored
             self._counts[f"uploads_{kind}"] += 1
-            return stored.to_api()
+            return stored.to_api(base)
 
     def get_object(self, bucket: str, name: str) -> StoredObject:
         """An object (its bytes too)."""
@@ -371,8 +380,8 @@ class Store(FaultStore[Scenario]):
                                                       only_if_absent)
             return upload_id
 
-    def put_chunk(self, upload_id: str, content_range: str | None,
-                  chunk: bytes) -> int | dict[str, Any]:
+    def put_chunk(self, upload_id: str, content_range: str | None, chunk: bytes,
+                  base: str) -> int | dict[str, Any]:
         """Add a chunk (``Content-Range: bytes A-B/TOTAL``, or ``bytes */TOTAL`` to ask);
         return the bytes persisted so far, or the object once the last byte arrived.
 
@@ -387,7 +396,7 @@ class Store(FaultStore[Scenario]):
         with self._lock:
             session = self._sessions.get(upload_id)
             if session is None:
-                done = self._done_session(upload_id)
+                done = self._done_session(upload_id, base)
                 if done is not None:
                     return done
                 raise not_found("No such upload session", storage=True)
@@ -412,14 +421,14 @@ class Store(FaultStore[Scenario]):
                                       self._generation, self._clock())
                 self._objects[(session.bucket, session.name)] = stored
                 self._counts["uploads_resumable"] += 1
-                return stored.to_api()
+                return stored.to_api(base)
             return len(session.received)
 
-    def _done_session(self, upload_id: str) -> dict[str, Any] | None:
+    def _done_session(self, upload_id: str, base: str) -> dict[str, Any] | None:
         """A finished session's object (a client asking again after losing the answer)."""
         where = self._finished.get(upload_id)
         stored = self._objects.get(where) if where else None
-        return stored.to_api() if stored else None
+        return stored.to_api(base) if stored else None
 
     # Tuning jobs
 
