@@ -16,7 +16,8 @@ benchmarks.
 
 Every API call needs a bearer token the token endpoint issued (or ``api_key``); an expired
 one gets 401 UNAUTHENTICATED. Register a service account's public key first with
-``POST /_emulator/service-accounts``. Errors use Google's shape. A Scenario
+``POST /_emulator/service-accounts``, or have the emulator make a key file with
+``POST /_emulator/service-accounts/keys``. Errors use Google's shape. A Scenario
 (emulator_state.py) injects 429 RESOURCE_EXHAUSTED, 5xx and slow responses through the
 shared fault machinery, fails jobs, and sets the token lifetime.
 """
@@ -112,6 +113,36 @@ def add_service_account(store: StoreDep, key: ServiceAccountKey) -> dict[str, bo
     """Admin: accept JWTs signed with this key."""
     store.add_key(key.client_email, key.private_key_id, key.public_key_pem)
     return {"added": True}
+
+
+class NewKey(BaseModel):
+    """Who a key made by the emulator is for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_email: str = Field("tunectl@tunectl-emulator.iam.gserviceaccount.com",
+                              min_length=3, max_length=200)
+    project_id: str = Field("tunectl-emulator", min_length=1, max_length=100)
+
+
+def new_service_account_key(request: Request, store: StoreDep, who: NewKey) -> dict[str, str]:
+    """Admin: a new service-account key file (private key included) whose token_uri is this
+    emulator, as IAM's keys.create hands one out; write it to a file for
+    GOOGLE_APPLICATION_CREDENTIALS."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_id = uuid.uuid4().hex
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    store.add_key(who.client_email, key_id, public.decode())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return {"type": "service_account", "project_id": who.project_id,
+            "private_key_id": key_id, "private_key": private.decode(),
+            "client_email": who.client_email, "client_id": str(uuid.uuid4().int)[:21],
+            "token_uri": f"{_base(request)}/token"}
 
 
 # --- Cloud Storage ----------------------------------------------------------------------------
@@ -279,6 +310,7 @@ _JOBS = "/{version}/projects/{project}/locations/{location}/tuningJobs"
 ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("POST", "/token", token),
     ("POST", "/_emulator/service-accounts", add_service_account),
+    ("POST", "/_emulator/service-accounts/keys", new_service_account_key),
     ("GET", "/storage/v1/b/{bucket}/o/{name:path}", get_object),
     ("GET", "/download/storage/v1/b/{bucket}/o/{name:path}", download_object),
     ("POST", "/upload/storage/v1/b/{bucket}/o", upload),

@@ -14,6 +14,7 @@ import google.auth.jwt
 import pytest
 from fastapi.testclient import TestClient
 
+from orchestrator.providers.vertex.auth import HttpxRequest
 from orchestrator.providers.vertex.emulator import Scenario, create_app
 from tests.helpers import KEY_ID, SERVICE_ACCOUNT, Clock, _rsa_key, service_account_key
 
@@ -93,6 +94,19 @@ class TestTokens:
         reply = emu.post("/token", data={"grant_type": "password"})
 
         assert reply.json()["error"] == "unsupported_grant_type"
+
+    def test_a_key_file_the_emulator_makes_signs_in_with_google_auth(
+            self, emu: TestClient) -> None:
+        from google.oauth2 import service_account
+
+        info = emu.post("/_emulator/service-accounts/keys", json={}).json()
+        creds = service_account.Credentials.from_service_account_info(
+            info, scopes=["https://www.googleapis.com/auth/cloud-platform"])
+
+        assert info["token_uri"] == "http://testserver/token"
+        creds.refresh(HttpxRequest(emu))
+        assert emu.get(JOBS, headers={"authorization": f"Bearer {creds.token}"}
+                       ).status_code == 200
 
     def test_api_calls_need_an_unexpired_issued_token(self, emu: TestClient,
                                                       clock: Clock) -> None:
