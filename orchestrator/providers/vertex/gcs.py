@@ -1,7 +1,8 @@
 """Cloud Storage, I/O: datasets uploaded through the GCS JSON API for Vertex to read.
 
-An object is named by the dataset's content hash and created only if absent
-(``ifGenerationMatch=0``), so a retried upload finds the first instead of writing again.
+An object is named by the dataset's content hash, looked up before anything is sent, and
+created only if absent (``ifGenerationMatch=0``, for two uploads racing), so a retried
+upload finds the first instead of writing again.
 Files up to the resumable threshold go in one multipart request (metadata + bytes);
 larger ones in a resumable session, chunk by chunk, resuming from what the server
 acknowledged after a failed chunk. The MD5 Cloud Storage computes is checked against the
@@ -62,6 +63,9 @@ class CloudStorage:
 
     def upload(self, path: Path, sha256: str) -> RemoteFile:
         """Upload a dataset as ``<prefix>/tunectl-<sha256>.jsonl``, unless it is there."""
+        found = self.find(sha256)  # one GET, where a resumable upload would send it all
+        if found is not None:
+            return found
         name = translate.object_name(self.prefix, sha256)
         size = path.stat().st_size
         metadata = {"name": name, "contentType": CONTENT_TYPE,
