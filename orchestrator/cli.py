@@ -359,7 +359,7 @@ def emulator(
     api_key: Annotated[str | None, typer.Option(help="Accept only this key.")] = None,
 ) -> None:
     """Serve every provider's emulator from one process (OpenAI at /v1, DashScope at
-    /dashscope/api/v1)."""
+    /dashscope/api/v1, Google's OAuth, Cloud Storage and Vertex AI at /google)."""
     from orchestrator.providers.emulation import combined_app, installed_emulators, serve
 
     _settings()
