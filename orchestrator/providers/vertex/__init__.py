@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from orchestrator.config import Settings
-from orchestrator.errors import MissingCredential
+from orchestrator.errors import MissingCredential, SpecError
 from orchestrator.providers.vertex import auth, translate
 from orchestrator.providers.vertex.adapter import VertexClient
 from orchestrator.specs import JobSpec
@@ -48,13 +48,21 @@ class VertexPlugin:
         if not bucket:
             raise MissingCredential("no Cloud Storage bucket for Vertex datasets: set "
                                     "TUNECTL_GCS_BUCKET or the spec's provider_options.bucket")
-        storage = {"base_url": settings.gcs_base_url, "bucket": bucket,
-                   "prefix": options.get("prefix", settings.gcs_prefix),
+        location = options.get("location") or settings.vertex_location
+        prefix = options.get("prefix", settings.gcs_prefix)
+        try:  # the spec's options were checked at submit; these may come from settings
+            translate.check_options({"project": project, "location": location,
+                                     "bucket": bucket, "prefix": prefix}, "settings")
+        except SpecError as exc:
+            raise MissingCredential(
+                f"Vertex {exc.field.removeprefix('provider_options.')} {exc.reason}; fix "
+                "VERTEXAI_PROJECT, VERTEXAI_LOCATION, TUNECTL_GCS_BUCKET or "
+                "TUNECTL_GCS_PREFIX") from None
+        storage = {"base_url": settings.gcs_base_url, "bucket": bucket, "prefix": prefix,
                    "resumable_threshold": settings.gcs_resumable_threshold_bytes,
                    "chunk_bytes": settings.gcs_chunk_bytes,
                    "deadline_s": settings.upload_deadline_s}
-        return VertexClient(http, creds, project=project,
-                            location=options.get("location") or settings.vertex_location,
+        return VertexClient(http, creds, project=project, location=location,
                             base_url=settings.vertex_base_url or None, storage=storage)
 
     def emulator(self, *, job_duration_s: float, api_key: str | None) -> EmulatorMount:

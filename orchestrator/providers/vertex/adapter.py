@@ -60,8 +60,9 @@ class VertexClient:
                 self._auth.refresh(self._request)
         raise AssertionError("unreachable")
 
-    def _call(self, operation: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._send(operation, method, f"{self._base}{path}", **kwargs)
+    def _call(self, operation: str, method: str, path: str, *, base: str | None = None,
+              **kwargs: Any) -> dict[str, Any]:
+        response = self._send(operation, method, f"{base or self._base}{path}", **kwargs)
         try:
             body = response.json()
         except ValueError as exc:
@@ -130,9 +131,8 @@ class VertexClient:
         """The tuned endpoint's answer to ``prompt`` (generateContent)."""
         body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
         base = self._override or translate.base_url(str(model_ref["vertex_location"]))
-        response = self._send("generate content", "POST",
-                              f"{base}/v1/{model_ref['endpoint']}:generateContent", json=body)
-        data = response.json()
+        data = self._call("generate content", "POST", f"/v1/{model_ref['endpoint']}"
+                          ":generateContent", base=base, json=body)
         return translate.answer_text(data)
 
     def _job(self, name: str) -> dict[str, Any]:

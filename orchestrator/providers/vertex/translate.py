@@ -12,6 +12,7 @@ import fnmatch
 import json
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -98,13 +99,15 @@ def check_spec(spec: JobSpec, source: str) -> None:
         raise SpecError(source, "seed", "Vertex tuning takes no seed; remove it")
     if spec.suffix is not None and len(spec.suffix) > 64:
         raise SpecError(source, "suffix", "must be at most 64 characters")
-    _check_options(spec.provider_options, source)
+    check_options(spec.provider_options, source)
     _check_labels(spec.labels, source)
     for key, value in spec.hyperparameters.items():
         _check_hyperparameter(key, value, spec.hyperparameters, source)
 
 
-def _check_options(options: dict[str, str], source: str) -> None:
+def check_options(options: Mapping[str, str], source: str) -> None:
+    """Refuse a project, location, bucket or prefix Vertex would not take (the location
+    becomes part of a host name); an empty prefix means none."""
     checks = {"project": (_PROJECT, "a project id (6-30 lower-case letters, digits or '-') "
                                     "or a project number"),
               "location": (_LOCATION, "a Vertex location such as us-central1, europe-west4 "
@@ -115,6 +118,8 @@ def _check_options(options: dict[str, str], source: str) -> None:
                                   "digits, '_', '.', '=', '-', separated by '/')")}
     for key, value in options.items():
         pattern, what = checks[key]
+        if key == "prefix" and value == "":
+            continue
         if not pattern.match(value) or (key == "prefix" and ".." in value.split("/")):
             raise SpecError(source, f"provider_options.{key}", f"must be {what}")
     uri = dataset_uri(options.get("bucket", "b" * 63), options.get("prefix", ""), "0" * 64)

@@ -127,7 +127,7 @@ class TestUploads:
 
     def test_the_account_is_per_bucket_and_prefix(self, settings: Settings,
                                                   emulator: TestClient) -> None:
-        assert connect(settings).account != connect(settings, bucket="b2").account
+        assert connect(settings).account != connect(settings, bucket="bucket-2").account
         assert connect(settings).account != connect(settings, prefix="x/").account
         assert connect(settings).account == connect(settings).account
 
@@ -267,3 +267,14 @@ class TestAuth:
                                                    emulator: TestClient) -> None:
         with pytest.raises(MissingCredential, match="TUNECTL_GCS_BUCKET"):
             connect(settings.model_copy(update={"gcs_bucket": None}))
+
+
+@pytest.mark.parametrize(("update", "words"), [
+    pytest.param({"vertex_location": "evil.example.com/#"}, "Vertex location must be",
+                 id="location-from-the-environment"),
+    pytest.param({"gcs_bucket": "gs://x"}, "Vertex bucket must be", id="bucket-uri"),
+])
+def test_settings_are_checked_like_spec_options(settings: Settings, emulator: TestClient,
+                                                update: dict[str, str], words: str) -> None:
+    with pytest.raises(MissingCredential, match=words):
+        connect(settings.model_copy(update=update))
