@@ -47,7 +47,15 @@ class VertexClient:
         """One authorized call; a 401 (a token that expired or was revoked early) gets one
         retry with a fresh token."""
         extra = kwargs.pop("headers", None) or {}
+        content = kwargs.pop("content", None)
+        if content is not None:
+            extra = {**extra, "content-length": str(len(content))}
         for attempt in (1, 2):
+            if content is not None:
+                # A one-shot stream: a sent request then no longer holds the bytes (httpx's
+                # response and its stream form a cycle the GC frees late, and upload
+                # chunks would pile up until it does).
+                kwargs["content"] = iter((content,))
             request = self._client.build_request(
                 method, url, headers={**self._auth.headers(self._request), **extra}, **kwargs)
             try:

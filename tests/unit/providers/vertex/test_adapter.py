@@ -223,6 +223,22 @@ class TestAuth:
         counted = stats(emulator)
         assert counted["tokens_issued"] == 2 and counted["tokens_refused"] == 1
 
+    def test_an_upload_refused_for_an_expired_token_is_sent_again_whole(
+            self, vertex: VertexClient, emulator: TestClient, clock: Clock,
+            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The multipart POST itself meets the 401: its body must go again, whole."""
+        vertex.find_job("job_x")
+        clock.advance(3601)
+        path = dataset(tmp_path / "d.jsonl", 5)
+        monkeypatch.setattr(vertex.storage, "find", lambda sha256: None)  # no GET first
+
+        uploaded = vertex.upload_file(path, "8" * 64)
+
+        assert stats(emulator)["tokens_refused"] == 1
+        bucket, name = uploaded.id.removeprefix("gs://").split("/", 1)
+        assert emulator.get(f"/google/storage/v1/b/{bucket}/o/{name.replace('/', '%2F')}",
+                            params={"alt": "media"}).content == path.read_bytes()
+
     def test_a_key_the_server_does_not_know_is_a_permanent_auth_error(
             self, settings: Settings, emulator: TestClient, tmp_path: Path) -> None:
         key = json.loads(Path(str(settings.google_application_credentials)).read_text())
