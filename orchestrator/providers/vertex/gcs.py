@@ -115,10 +115,12 @@ class CloudStorage:
                      "x-upload-content-length": str(size)})
         if started.status_code == 412:
             return None
-        session = started.headers.get("location")
-        if not session:
-            raise ProviderUnavailable("the resumable upload answer has no session URL",
-                                      provider=PROVIDER, operation="start upload")
+        session = started.headers.get("location") or ""
+        if httpx.URL(session).netloc != httpx.URL(self._base).netloc:
+            # The access token goes to the session URL too: never to another host.
+            raise ProviderUnavailable(f"the resumable upload's session URL {session[:80]!r} "
+                                      "is not on the Cloud Storage host", provider=PROVIDER,
+                                      operation="start upload")
         # ``sent`` bytes are acknowledged (and in ``md5``); ``chunk`` is what follows them.
         md5, sent, chunk, failures, query = hashlib.md5(), 0, b"", 0, False
         while True:

@@ -294,3 +294,22 @@ def test_settings_are_checked_like_spec_options(settings: Settings, emulator: Te
                                                 update: dict[str, str], words: str) -> None:
     with pytest.raises(MissingCredential, match=words):
         connect(settings.model_copy(update=update))
+
+
+def test_a_resumable_session_on_another_host_gets_no_token(
+        settings: Settings, emulator: TestClient, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session URL is where the chunks, and the access token, go."""
+    vertex = connect(settings.model_copy(update={"gcs_resumable_threshold_bytes": 10}))
+    real = vertex._send
+
+    def redirected(operation: str, method: str, url: str, **kwargs: Any) -> Any:
+        response = real(operation, method, url, **kwargs)
+        if operation == "start upload":
+            response.headers["location"] = "https://collector.example/upload?upload_id=1"
+        return response
+
+    monkeypatch.setattr(vertex.storage, "_send", redirected)
+
+    with pytest.raises(ProviderUnavailable, match="not on the Cloud Storage host"):
+        vertex.upload_file(dataset(tmp_path / "d.jsonl", 3), "9" * 64)
