@@ -15,9 +15,10 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from orchestrator.errors import BlobStoreError, DatasetError
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 _CHUNK = 1 << 20
 #: No provider takes a dataset anywhere near this big (the largest limit is 1 GB).
 MAX_BLOB_BYTES = 4 << 30
+T = TypeVar("T")
 
 
 def sha256_file(path: Path) -> str:
@@ -104,15 +106,7 @@ class BlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        remote = self._remote()
-        if remote is not None:
-            fs, key = remote[0], self._key(sha)
-            try:
-                if not fs.exists(key):
-                    fs.put_file(str(final), key)
-            except Exception as exc:
-                raise BlobStoreError(f"cannot store dataset {sha} at {self.url}: "
-                                     f"{_one_line(exc)}") from exc
+        self._publish(sha, final)
         return sha
 
     def exists(self, sha256: str) -> bool:
@@ -126,6 +120,35 @@ class BlobStore:
             return bool(remote[0].exists(self._key(sha256)))
         except Exception as exc:
             raise BlobStoreError(f"cannot reach {self.url}: {_one_line(exc)}") from exc
+
+    def put_written(self, write: Callable[[Path], T]) -> tuple[str, T]:
+        """Store the file ``write(path)`` writes (a converted dataset); return its SHA-256
+        and what ``write`` returned. Nothing is left behind if ``write`` raises."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        scratch = self.root / f".written-{uuid.uuid4().hex}"
+        try:
+            result = write(scratch)
+            sha = sha256_file(scratch)
+            final = self.path(sha)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(scratch, final)
+        finally:
+            scratch.unlink(missing_ok=True)
+        self._publish(sha, final)
+        return sha, result
+
+    def _publish(self, sha: str, local: Path) -> None:
+        """Copy a blob just stored locally to the object store, if there is one."""
+        remote = self._remote()
+        if remote is None:
+            return
+        fs, key = remote[0], self._key(sha)
+        try:
+            if not fs.exists(key):
+                fs.put_file(str(local), key)
+        except Exception as exc:
+            raise BlobStoreError(f"cannot store dataset {sha} at {self.url}: "
+                                 f"{_one_line(exc)}") from exc
 
     def open_path(self, sha256: str) -> Path:
         """The local path of a stored blob (fetched from the object store into the cache

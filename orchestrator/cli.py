@@ -178,6 +178,12 @@ def show(
             ("last error", data["last_error"] if data["state"] != "failed" else None)):
         if value:
             out.print(f"  {name}: {value}")
+    model_ref = data.get("model_ref") or {}
+    if model_ref:  # what a client passes to call the tuned model (LiteLLM's names)
+        out.print("  model ref:")
+        for key, value in model_ref.items():
+            if key != "provider":
+                out.print(f"    {key}: {value}", highlight=False)
     table = Table("seq", "at", "from", "to", "provider status", "reason")
     for t in data["history"]:
         table.add_row(str(t["seq"]), _at(t["at"], "%H:%M:%S.%f")[:-3], t["from"] or "",
@@ -451,7 +457,7 @@ def emulator(
     api_key: Annotated[str | None, typer.Option(help="Accept only this key.")] = None,
 ) -> None:
     """Serve every provider's emulator from one process (OpenAI at /v1, DashScope at
-    /dashscope/api/v1)."""
+    /dashscope/api/v1, Google's OAuth, Cloud Storage and Vertex AI at /google)."""
     from orchestrator.providers.emulation import combined_app, installed_emulators, serve
 
     _settings()

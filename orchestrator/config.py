@@ -72,6 +72,26 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DASHSCOPE_WORKSPACE_ID", "TUNECTL_DASHSCOPE_WORKSPACE"),
     )
 
+    #: Vertex AI: project and region of the tuning jobs (a spec's provider_options override
+    #: them); without a project, the credentials' own project is used.
+    vertex_project: str | None = Field(default=None, validation_alias=AliasChoices(
+        "VERTEXAI_PROJECT", "TUNECTL_VERTEX_PROJECT", "GOOGLE_CLOUD_PROJECT"))
+    vertex_location: str = Field(default="us-central1", validation_alias=AliasChoices(
+        "VERTEXAI_LOCATION", "TUNECTL_VERTEX_LOCATION", "GOOGLE_CLOUD_LOCATION"))
+    #: Empty: Google's endpoint for the location (https://LOCATION-aiplatform.googleapis.com).
+    vertex_base_url: str = ""
+    gcs_base_url: str = "https://storage.googleapis.com"
+    #: The Cloud Storage bucket and object prefix datasets are uploaded to for Vertex.
+    gcs_bucket: str | None = None
+    gcs_prefix: str = "tunectl/"
+    #: Datasets larger than this use a resumable upload, sent in chunks of gcs_chunk_bytes.
+    gcs_resumable_threshold_bytes: int = 8 << 20
+    gcs_chunk_bytes: int = 8 << 20
+    #: A service-account key file (or any credentials file google-auth reads); unset: ADC.
+    google_application_credentials: Path | None = Field(
+        default=None, validation_alias=AliasChoices("GOOGLE_APPLICATION_CREDENTIALS",
+                                                    "TUNECTL_GOOGLE_APPLICATION_CREDENTIALS"))
+
     #: Hours a deployment lives when its spec sets no ttl_hours (0: until undeployed).
     deploy_ttl_hours: float = 24.0
     #: How long a new deployment may take to serve before it is deleted and its job fails.
@@ -125,6 +145,11 @@ class Settings(BaseSettings):
         if self.deploy_ttl_hours < 0 or self.deploy_timeout_s <= 0:
             raise ValueError("deploy_ttl_hours must be 0 (no expiry) or more, and "
                              "deploy_timeout_s positive")
+        if self.gcs_chunk_bytes <= 0 or self.gcs_chunk_bytes % (256 << 10):
+            raise ValueError("gcs_chunk_bytes must be a positive multiple of 262144 (256 KiB), "
+                             "as Cloud Storage requires for resumable uploads")
+        if self.gcs_resumable_threshold_bytes < 0:
+            raise ValueError("gcs_resumable_threshold_bytes must be 0 or more")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if len({t.sha256 for t in self.api_tokens}) != len(self.api_tokens):

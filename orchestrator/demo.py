@@ -1,5 +1,6 @@
 """``tunectl demo``: the emulators, the daemon and the example jobs, watched live: three
-OpenAI jobs and a DashScope job that deploys its tuned model.
+OpenAI jobs, a DashScope job that deploys its tuned model, and a Vertex job whose tuned
+Gemini endpoint is then asked a question through the emulator.
 
 Everything runs on the embedded default (SQLite + Celery's SQLAlchemy transport) in
 ``<data dir>/demo``, which the demo wipes first: no servers, no keys, no cost.
@@ -7,6 +8,7 @@ Everything runs on the embedded default (SQLite + Celery's SQLAlchemy transport)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -27,6 +29,9 @@ from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings
 from orchestrator.db.engine import make_engine, session_scope
 from orchestrator.db.models import Job, JobTransition
+from orchestrator.errors import ProviderError, UserError
+from orchestrator.providers import registry
+from orchestrator.providers.base import Prompter
 from orchestrator.specs import load_spec
 from orchestrator.states import TERMINAL
 
@@ -37,7 +42,10 @@ EXAMPLES = {
     "broken-dataset.yaml": "failed",
     "provider-failure.yaml": "failed",
     "qwen-support.yaml": "succeeded",
+    "gemini-support.yaml": "succeeded",
 }
+#: What the demo asks each tuned model that can be called (a line of support-train.jsonl).
+QUESTION = "How do I reset my password?"
 
 
 def _free_port() -> int:
@@ -71,14 +79,20 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
     home.mkdir(parents=True)
     port = _free_port()
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TUNECTL_", "OPENAI_", "DASHSCOPE_"))}
+           if not k.startswith(("TUNECTL_", "OPENAI_", "DASHSCOPE_", "VERTEXAI_", "GOOGLE_",
+                                "CLOUDSDK_"))}
     env.update(TUNECTL_DATA_DIR=str(home), TUNECTL_OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
                TUNECTL_DASHSCOPE_BASE_URL=f"http://127.0.0.1:{port}/dashscope/api/v1",
                OPENAI_API_KEY="sk-emulator-demo", DASHSCOPE_API_KEY="sk-emulator-demo",
                TUNECTL_POLL_INTERVAL_S="0.5",
                TUNECTL_SCHEDULER_TICK_S="0.2", TUNECTL_RETRY_BASE_S="0.5",
                TUNECTL_API_PORT=str(_free_port()))
-    demo_settings = Settings(data_dir=home)
+    google = f"http://127.0.0.1:{port}/google"
+    key_file = home / "google-service-account.json"
+    env.update(TUNECTL_VERTEX_BASE_URL=google, TUNECTL_GCS_BASE_URL=google,
+               TUNECTL_GCS_BUCKET="tunectl-demo", GOOGLE_APPLICATION_CREDENTIALS=str(key_file))
+    demo_settings = Settings(data_dir=home, vertex_base_url=google, gcs_base_url=google,
+                             gcs_bucket="tunectl-demo", google_application_credentials=key_file)
     log = home / "daemon.log"
     console.print(f"[bold]tunectl demo[/bold]: data in {home}, logs in {log}", highlight=False)
     children: list[subprocess.Popen[bytes]] = []
@@ -88,7 +102,13 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
         deadline = time.monotonic() + 30
         _wait_for(f"http://127.0.0.1:{port}/_emulator/stats", deadline)
         console.print(f"OpenAI emulator listening on http://127.0.0.1:{port}/v1, DashScope "
-                      f"on http://127.0.0.1:{port}/dashscope/api/v1", highlight=False)
+                      f"on http://127.0.0.1:{port}/dashscope/api/v1, Google (Vertex AI, Cloud "
+                      f"Storage, OAuth) on {google}", highlight=False)
+        # A service-account key the Google emulator made; the daemon signs in with it.
+        key = httpx.post(f"{google}/_emulator/service-accounts/keys", json={}, timeout=30)
+        key.raise_for_status()
+        key_file.touch(mode=0o600)
+        key_file.write_text(json.dumps(key.json()))
         subprocess.run([sys.executable, "-m", "orchestrator.cli", "db", "upgrade"], env=env,
                        check=True, stdout=subprocess.DEVNULL)
         children.append(_tunectl("up", env=env, log=log))
@@ -107,6 +127,7 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
         with session_scope(engine) as session:
             final = {j.name: j for j in session.exec(select(Job))}
         _summary(console, list(final.values()))
+        _ask_tuned_models(console, demo_settings, list(final.values()))
         if not finished:
             console.print(f"[red]timed out after {timeout:.0f}s[/red]")
             return 1
@@ -115,8 +136,10 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
             console.print(f"[red]{name} ended {final[name].state}, expected "
                           f"{EXAMPLES[name + '.yaml']}[/red]")
         console.print(f"\nInspect: TUNECTL_DATA_DIR={home} tunectl show "
-                      f"{final['support-bot'].id}; deployments: TUNECTL_DATA_DIR={home} "
-                      "tunectl deployments", highlight=False, soft_wrap=True)
+                      f"{final['support-bot'].id}; the Gemini job's model_ref: "
+                      f"TUNECTL_DATA_DIR={home} tunectl show {final['gemini-support'].id}; "
+                      f"deployments: TUNECTL_DATA_DIR={home} tunectl deployments",
+                      highlight=False, soft_wrap=True)
         return 1 if wrong else 0
     finally:
         for child in reversed(children):
@@ -149,6 +172,30 @@ def _watch(console: Console, engine: object, names: dict[str, str], deadline: fl
             return True
         time.sleep(0.2)
     return False
+
+
+def _ask_tuned_models(console: Console, settings: Settings, jobs: list[Job]) -> None:
+    """Ask every succeeded job's tuned model that can be called directly (its provider's
+    client is a Prompter) the demo's question, through the emulator."""
+    with httpx.Client(timeout=30) as http:
+        for job in jobs:
+            model_ref = job.result.get("model_ref")
+            if job.state != "succeeded" or not model_ref:
+                continue
+            try:
+                client = registry.get(job.provider).connect(
+                    settings, http, job.spec.get("provider_options"))
+            except UserError:  # the demo holds no key of its own for the other providers
+                continue
+            if not isinstance(client, Prompter):
+                continue
+            try:
+                answer = escape(client.ask(model_ref, QUESTION))
+            except ProviderError as exc:
+                answer = f"[red]failed: {escape(str(exc))}[/red]"
+            console.print(f"\n[bold]{job.name}[/bold]'s tuned model "
+                          f"({escape(str(model_ref.get('model')))}) answers "
+                          f"{QUESTION!r}:\n  {answer}", highlight=False)
 
 
 def _summary(console: Console, jobs: list[Job]) -> None:

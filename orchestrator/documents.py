@@ -110,6 +110,8 @@ class JobDoc(_Document):
     training_file_id: str | None
     validation_file_id: str | None
     result: dict[str, Any]
+    #: What clients call the tuned model with (LiteLLM's names), once there is one.
+    model_ref: dict[str, Any] | None
     dataset: dict[str, Any] | None
     attempts: int
     last_error: str | None
@@ -127,7 +129,8 @@ class JobDoc(_Document):
             fine_tuned_model=job.fine_tuned_model, deployed_model=job.deployed_model,
             error=job.error, labels=dict(job.labels), idempotency_key=job.idempotency_key,
             training_file_id=job.training_file_id, validation_file_id=job.validation_file_id,
-            result=dict(job.result), dataset=None if job.dataset is None else dict(job.dataset),
+            result=dict(job.result), model_ref=job.result.get("model_ref"),
+            dataset=None if job.dataset is None else dict(job.dataset),
             attempts=job.attempts, last_error=job.last_error,
             created_at=iso(job.created_at) or "", updated_at=iso(job.updated_at) or "",
             finished_at=iso(job.finished_at), next_run_at=iso(job.next_run_at))

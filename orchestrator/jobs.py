@@ -106,6 +106,8 @@ def submit(engine: sa.Engine, blobs: BlobStore, spec: JobSpec, *, source: str,
     # A field added after jobs were stored is left out while unset, so a spec submitted
     # again with its idempotency key after an upgrade still matches its job's digest.
     unset_new = {"training_type"} if spec.training_type is None else set()
+    if not spec.provider_options:
+        unset_new.add("provider_options")
     stored = spec.model_dump(mode="json",
                              exclude={"training_file", "validation_file", *unset_new})
     digest = hashlib.sha256(json.dumps(
@@ -163,7 +165,8 @@ def provider_events(settings: Settings, job: Job, limit: int = 20) -> list[Remot
     a provider failure is a ProviderError naming the provider job."""
     if job.provider_job_id is None:
         return []
-    provider = registry.get(job.provider).connect(settings, shared_client(settings))
+    provider = registry.get(job.provider).connect(settings, shared_client(settings),
+                                                  job.spec.get("provider_options"))
     try:
         return provider.list_events(job.provider_job_id, limit)
     except ProviderError as exc:

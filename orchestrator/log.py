@@ -20,11 +20,14 @@ SENSITIVE_KEY = re.compile(
     r"(^|[_\-.])(secrets?|(access|refresh|id|auth|bearer)?[_\-]?token|password|passwd|"
     r"api[_\-]?key|authorization|cookie|set-cookie|signature|credentials?|private[_\-]?key)$",
     re.IGNORECASE)
-#: Secrets inside free text: provider keys, auth headers, key=value pairs, URL passwords.
+#: Secrets inside free text: provider keys, Google access tokens and PEM private keys,
+#: auth headers, key=value pairs, URL passwords.
 SENSITIVE_VALUE = re.compile(
     r"(whsec_[A-Za-z0-9+/=]+|\bsk-[A-Za-z0-9_\-]{6,}|\btcl_[A-Za-z0-9_\-]{8,}"
+    r"|\bya29\.[A-Za-z0-9._\-]+"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)"
     r"|\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]+"
-    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@))", re.IGNORECASE)
+    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@))", re.IGNORECASE | re.DOTALL)
 SENSITIVE_ASSIGNMENT = re.compile(
     r"\b(api[_\-]?key|token|secret|password)(\s*[=:]\s*)[^\s&,;\"']+", re.IGNORECASE)
 REDACTED = "[REDACTED]"

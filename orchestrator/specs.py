@@ -68,6 +68,9 @@ class JobSpec(BaseModel):
     suffix: str | None = Field(default=None, min_length=1, max_length=64)
     seed: int | None = Field(default=None, ge=0, le=2_147_483_647)
     deploy: DeployOptions | None = None
+    #: Settings of the provider's own (Vertex: project, location, bucket, prefix).
+    provider_options: dict[str, Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=dict, max_length=20)
     notify: list[NotifyTarget] = Field(default_factory=list, max_length=20)
     labels: dict[str, Annotated[str, Field(max_length=256)]] = Field(default_factory=dict,
                                                                      max_length=32)
@@ -143,12 +146,18 @@ def parse_document(raw: bytes, source: str, *, as_json: bool) -> JobSpec:
 def checked_plugin(spec: JobSpec, source: str) -> ProviderPlugin:
     """The spec's provider plugin, after it checked the spec; raises SpecError."""
     from orchestrator.providers import registry
-    from orchestrator.providers.base import deploys
+    from orchestrator.providers.base import deploys, option_keys
 
     try:
         plugin = registry.get(spec.provider)
     except UnknownProvider as exc:
         raise SpecError(source, "provider", str(exc)) from None
+    allowed = option_keys(plugin)
+    for key in spec.provider_options:
+        if key not in allowed:
+            takes = f"use {', '.join(sorted(allowed))}" if allowed else "remove provider_options"
+            raise SpecError(source, f"provider_options.{key}", f"{spec.provider} takes no "
+                            f"such option; {takes}")
     plugin.check_spec(spec, source)
     if spec.deploy is not None and not deploys(plugin):
         raise SpecError(source, "deploy", f"{spec.provider} serves tuned models without a "

@@ -124,11 +124,16 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str, broker_url: str) -> Settings:
-    """Settings for one test: its own data dir, fast timings, an emulator key."""
+    """Settings for one test: its own data dir, fast timings, emulator keys (a Google
+    service-account key file whose token_uri is the emulator's)."""
+    from tests.helpers import GOOGLE_BASE, service_account_file
+
     return Settings(
         data_dir=tmp_path / "data", database_url=database_url, broker_url=broker_url,
         openai_base_url="http://emulator.test/v1", openai_api_key=API_KEY,
         dashscope_base_url="http://emulator.test/dashscope/api/v1", dashscope_api_key=API_KEY,
+        vertex_base_url=GOOGLE_BASE, gcs_base_url=GOOGLE_BASE, gcs_bucket="tunectl-test-data",
+        google_application_credentials=service_account_file(tmp_path / "google-sa.json"),
         poll_interval_s=1.0, scheduler_tick_s=0.05, lease_s=60.0, retry_base_s=1.0,
         retry_cap_s=30.0, max_attempts=5,
     )

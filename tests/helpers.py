@@ -1,6 +1,7 @@
 """Test helpers: a settable clock, the in-process provider emulators (OpenAI at the root,
-DashScope under /dashscope, as `tunectl emulator` serves them), and a synchronous pump that
-runs dispatched steps the way a worker would (same runner, no broker)."""
+DashScope under /dashscope, Google under /google, as `tunectl emulator` serves them), a
+Google service-account key file, and a synchronous pump that runs dispatched steps the way
+a worker would (same runner, no broker)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from orchestrator.providers import emulation
 from orchestrator.providers.dashscope import emulator as dashscope_emulator
 from orchestrator.providers.http import set_shared_client
 from orchestrator.providers.openai.emulator import Scenario, create_app
+from orchestrator.providers.vertex import emulator as google_emulator
 from orchestrator.scheduler import Scheduler
 from orchestrator.specs import JobSpec
 from orchestrator.steps.runner import run_step
@@ -44,20 +47,66 @@ class Clock:
         self.current += timedelta(seconds=seconds)
 
 
+ADMIN_KEY = "sk-test-admin"
+GOOGLE_BASE = "http://emulator.test/google"
+SERVICE_ACCOUNT = "tunectl-test@tunectl-test.iam.gserviceaccount.com"
+KEY_ID = "test-key-1"
+
+
+@lru_cache(maxsize=1)
+def _rsa_key() -> Any:
+    """An RSA key generated for this test session."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def service_account_key() -> dict[str, str]:
+    """What the emulator must know of the test service account (its public key)."""
+    from cryptography.hazmat.primitives import serialization
+
+    public = _rsa_key().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return {"client_email": SERVICE_ACCOUNT, "private_key_id": KEY_ID, "public_key_pem": public}
+
+
+def service_account_file(path: Path, *, token_uri: str = f"{GOOGLE_BASE}/token") -> Path:
+    """Write the test service account's key file, its ``token_uri`` at the emulator."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+
+    private = _rsa_key().private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()).decode()
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": "tunectl-test", "private_key_id": KEY_ID,
+        "private_key": private, "client_email": SERVICE_ACCOUNT, "client_id": "1234567890",
+        "token_uri": token_uri, "auth_uri": "https://accounts.google.com/o/oauth2/auth"}))
+    return path
+
+
 @contextmanager
 def in_process_emulator(
     clock: Clock, scenario: Scenario | None = None,
     dashscope: dashscope_emulator.Scenario | None = None,
+    google: google_emulator.Scenario | None = None,
 ) -> Iterator[TestClient]:
     """The emulators as the process's provider HTTP client (no sockets): OpenAI at /v1,
-    DashScope at /dashscope/api/v1 (admin at /dashscope/_emulator)."""
+    DashScope at /dashscope/api/v1 (admin at /dashscope/_emulator), Google at /google
+    (admin at /google/_emulator), which knows the key of ``service_account_file``."""
     app = emulation.combined_app([
         emulation.EmulatorMount("OpenAI", "", "/v1", create_app(scenario, clock=clock.epoch)),
         emulation.EmulatorMount("DashScope", dashscope_emulator.PREFIX, "/api/v1",
                                 dashscope_emulator.create_app(dashscope, clock=clock.epoch)),
+        emulation.EmulatorMount("Google", google_emulator.PREFIX, "",
+                                google_emulator.create_app(google, clock=clock.epoch,
+                                                           api_key=ADMIN_KEY)),
     ])
     client = TestClient(app, base_url="http://emulator.test",
-                        headers={"authorization": "Bearer sk-test-admin"})
+                        headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    client.post("/google/_emulator/service-accounts",
+                json=service_account_key()).raise_for_status()
     set_shared_client(client)
     try:
         yield client
@@ -91,6 +140,18 @@ def make_dashscope_spec(tmp: Path, **overrides: Any) -> JobSpec:
         "name": "qwen-job", "provider": "dashscope", "base_model": "qwen-turbo",
         "training_file": write_dataset(tmp / "train.jsonl"),
         "hyperparameters": {"n_epochs": 2}, "deploy": {"capacity": 2, "ttl_hours": 1},
+    }
+    data.update(overrides)
+    return JobSpec.model_validate(data)
+
+
+def make_vertex_spec(tmp: Path, **overrides: Any) -> JobSpec:
+    """A valid Vertex SFT spec for gemini-2.5-flash; its dataset in ``tmp`` is in OpenAI's
+    chat format (the validate step converts it)."""
+    data: dict[str, Any] = {
+        "name": "gemini-job", "provider": "vertex", "base_model": "gemini-2.5-flash",
+        "training_file": write_dataset(tmp / "train.jsonl"),
+        "hyperparameters": {"epoch_count": 2, "adapter_size": 4},
     }
     data.update(overrides)
     return JobSpec.model_validate(data)

@@ -349,6 +349,15 @@ class ConversionReport:
                 "warnings": [i.as_json() for i in self.log.warnings]}
 
 
+def file_format(path: Path) -> Format | None:
+    """The format of the first JSON object in a JSONL file, if it has a known one."""
+    with path.open("rb") as stream:
+        for _, value, _ in read_lines(stream):
+            if not isinstance(value, BadLine):
+                return detect(value)
+    return None
+
+
 def convert_file(source: Path, provider: str, output: Path, *, cap: int = 50) -> ConversionReport:
     """Convert the JSONL ``source`` into ``provider``'s format, written to ``output``.
 

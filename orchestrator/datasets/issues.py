@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 #: Codes of problems that belong to the file as a whole and so carry no line number.
+#: How many errors the one-line summary (a failed job's reason) spells out.
+ERRORS_IN_LINE = 3
 FILE_CODES = frozenset({
     "empty_file", "file_too_large", "too_few_examples", "too_many_examples",
     "too_many_validation_examples", "few_examples", "unreadable_file", "not_a_zip",
@@ -67,6 +69,22 @@ class IssueLog:
     def warn(self, code: str, message: str, *, line: int | None = -1) -> None:
         """Record a warning on the current line (or ``line``; None for the whole file)."""
         self._add(Severity.WARNING, code, message, self.line if line == -1 else line)
+
+    def error_line(self, label: str) -> str:
+        """The first errors as one line: ``label:line: message [code] | … (+N more errors)``.
+
+        An error whose code was already shown is abbreviated to ``label:line [code]``.
+        """
+        shown = self.errors[:ERRORS_IN_LINE]
+        parts, codes = [], set()
+        for issue in shown:
+            where = issue.where(label)
+            parts.append(f"{where} [{issue.code}]" if issue.code in codes
+                         else f"{where}: {issue.message} [{issue.code}]")
+            codes.add(issue.code)
+        rest = self.error_count - len(shown)
+        tail = f" (+{rest} more error{'s' if rest != 1 else ''})" if rest > 0 else ""
+        return " | ".join(parts) + tail
 
     def _add(self, severity: Severity, code: str, message: str, line: int | None) -> None:
         self.codes[code] += 1

@@ -10,9 +10,6 @@ from orchestrator.datasets.issues import Issue, IssueLog
 from orchestrator.datasets.rules import Rules
 from orchestrator.datasets.stats import TokenStats
 
-#: How many errors the one-line summary (a failed job's reason) spells out.
-ERRORS_IN_LINE = 3
-
 
 @dataclass
 class Report:
@@ -50,20 +47,8 @@ class Report:
         return self.rules.token_limit
 
     def error_line(self) -> str:
-        """The first errors as one line: ``file:line: message [code] | … (+N more errors)``.
-
-        An error whose code was already shown is abbreviated to ``file:line [code]``.
-        """
-        shown = self.log.errors[:ERRORS_IN_LINE]
-        parts, codes = [], set()
-        for issue in shown:
-            where = issue.where(self.label)
-            parts.append(f"{where} [{issue.code}]" if issue.code in codes
-                         else f"{where}: {issue.message} [{issue.code}]")
-            codes.add(issue.code)
-        rest = self.log.error_count - len(shown)
-        tail = f" (+{rest} more error{'s' if rest != 1 else ''})" if rest > 0 else ""
-        return " | ".join(parts) + tail
+        """The first errors as one line (see ``IssueLog.error_line``)."""
+        return self.log.error_line(self.label)
 
     def summary(self) -> dict[str, Any]:
         """The numbers dashboards want (stored on the job and in its history)."""

@@ -22,7 +22,8 @@ from orchestrator.states import TERMINAL, State, can_move
 
 #: Job columns a transition may set besides the state itself.
 WRITABLE = frozenset({
-    "dataset", "provider_status", "provider_job_id", "training_file_id", "validation_file_id",
+    "dataset", "training_blob", "validation_blob", "provider_status", "provider_job_id",
+    "training_file_id", "validation_file_id",
     "fine_tuned_model", "deployed_model", "result", "error", "next_run_at", "lease_owner",
     "lease_expires_at", "attempts", "last_error",
 })

@@ -1,9 +1,17 @@
 """What a provider plugin must offer the engine, and the normalized values it returns.
 
-Every provider offers ``ProviderPlugin`` / ``ProviderClient``. A provider whose tuned models
-serve only once deployed (DashScope) also sets ``deploys = True`` on its plugin and gives
-clients that implement ``Deployer``; the engine deploys only for such a provider, so
-providers without deployments need nothing.
+Every provider offers ``ProviderPlugin`` / ``ProviderClient``. Optional extras, each off
+unless a plugin asks for it, so providers without them need nothing:
+
+- ``deploys = True`` with clients that implement ``Deployer``: tuned models serve only once
+  deployed (DashScope); the engine deploys only for such a provider.
+- ``options = frozenset({...})``: the ``provider_options`` keys a spec may set (project,
+  bucket …); ``connect`` gets them. Specs for other providers may set none.
+- ``converts_datasets = True``: a dataset in another provider's format is converted to this
+  provider's format by the validate step, before anything is uploaded (Vertex).
+- clients that implement ``Prompter``: the tuned model can be asked a question (the demo).
+- ``RemoteJob.model_ref``: what clients need to call the tuned model, when the generic
+  ``{"provider", "model"}`` is not enough (Vertex: the LiteLLM model string, project, …).
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ class RemoteJob:
     error: str | None = None
     #: Provider facts worth keeping on success (trained tokens, result files …).
     result: Mapping[str, Any] = field(default_factory=dict)
+    #: How clients call the tuned model, if the provider says more than its name.
+    model_ref: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,8 @@ class JobRequest:
     seed: int | None = None
     #: The provider's own training variant, when the spec names one (DashScope: LoRA or full).
     training_type: str | None = None
+    #: The job's name, for providers that show one with the tuned model.
+    name: str = ""
 
 
 def dataset_filename(sha256: str) -> str:
@@ -126,8 +138,10 @@ class ProviderPlugin(Protocol):
     def check_spec(self, spec: JobSpec, source: str) -> None:
         """Raise SpecError for what this provider cannot run (method, hyperparameters …)."""
 
-    def connect(self, settings: Settings, http: httpx.Client) -> ProviderClient:
-        """A client for the configured account; raises MissingCredential without a key."""
+    def connect(self, settings: Settings, http: httpx.Client,
+                options: Mapping[str, str] | None = None) -> ProviderClient:
+        """A client for the configured account, narrowed by a spec's ``provider_options``
+        (which ``check_spec`` has checked); raises MissingCredential without a key."""
 
 
 # --- Deployments (optional) -------------------------------------------------------------------
@@ -196,6 +210,25 @@ class Deployer(Protocol):
 
     def delete_deployment(self, deployment_id: str) -> None:
         """Delete it (it stops billing); a deployment that is gone already is not an error."""
+
+
+def option_keys(plugin: ProviderPlugin) -> frozenset[str]:
+    """The ``provider_options`` keys the provider takes."""
+    keys: object = getattr(plugin, "options", frozenset())
+    return keys if isinstance(keys, frozenset) else frozenset()
+
+
+def converts_datasets(plugin: ProviderPlugin) -> bool:
+    """Whether a dataset in another provider's format is converted to this provider's."""
+    return getattr(plugin, "converts_datasets", False) is True
+
+
+@runtime_checkable
+class Prompter(Protocol):
+    """A provider account whose tuned models can be asked a question (optional)."""
+
+    def ask(self, model_ref: Mapping[str, Any], prompt: str) -> str:
+        """The tuned model's answer to one user turn; raises ProviderError subclasses."""
 
 
 def deploys(plugin: ProviderPlugin) -> bool:

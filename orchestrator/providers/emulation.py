@@ -205,12 +205,17 @@ def request_id_of(request: Request) -> str:
 
 class FaultMiddleware:
     """Request ids, request counters, auth, and the scenario's faults and latency for every
-    request under ``api_prefix`` (a path relative to the mount point)."""
+    request under ``api_prefix`` (a path, or paths, relative to the mount point).
+
+    A bearer token is accepted if it is ``api_key`` (any non-empty one when None), or, when
+    ``accepts`` is given, if ``accepts(token)`` says so (tokens the emulator issued).
+    """
 
     def __init__(self, app: ASGIApp, store: FaultStore[Any], api_key: str | None,
-                 routes: list[BaseRoute], api_prefix: str, refusals: Refusals) -> None:
+                 routes: list[BaseRoute], api_prefix: str | tuple[str, ...],
+                 refusals: Refusals, accepts: Callable[[str], bool] | None = None) -> None:
         self.app, self.store, self.api_key, self.routes = app, store, api_key, routes
-        self.api_prefix, self.refusals = api_prefix, refusals
+        self.api_prefix, self.refusals, self.accepts = api_prefix, refusals, accepts
 
     def _route(self, scope: Scope, path: str) -> str:
         for route in self.routes:
@@ -225,8 +230,13 @@ class FaultMiddleware:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             return self.refusals.missing_key(request_id)
-        if self.api_key is not None and key.strip() != self.api_key:
-            return self.refusals.wrong_key(mask(key.strip()), request_id)
+        token = key.strip()
+        if self.accepts is not None:
+            wrong = not (token == self.api_key or self.accepts(token))
+        else:
+            wrong = self.api_key is not None and token != self.api_key
+        if wrong:
+            return self.refusals.wrong_key(mask(token), request_id)
         fault = self.store.take_fault(scope["method"], path)
         if isinstance(fault, ServerErrors):
             return self.refusals.server_error(fault.status, request_id)

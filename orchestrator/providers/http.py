@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO, NamedTuple
@@ -140,8 +140,10 @@ def send(
     provider: str,
     operation: str,
     describe_error: Callable[[httpx.Response], ErrorInfo],
+    accept: Collection[int] = (),
 ) -> httpx.Response:
-    """Send ``request``; return a 2xx response or raise the matching ProviderError.
+    """Send ``request``; return a 2xx response (or one whose status is in ``accept``) or
+    raise the matching ProviderError.
 
     ``describe_error`` reads a provider's error body.
     """
@@ -153,7 +155,7 @@ def send(
     except httpx.TransportError as exc:
         raise ProviderUnavailable(f"cannot reach {request.url.host}: {exc}", provider=provider,
                                   operation=operation) from exc
-    if response.is_success:
+    if response.is_success or response.status_code in accept:
         return response
     raise classify(response, provider=provider, operation=operation,
                    info=describe_error(response))

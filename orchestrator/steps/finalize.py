@@ -16,8 +16,9 @@ def run(job: Job, ctx: StepContext) -> Outcome:
     remote = ctx.provider.get_job(job.provider_job_id)
     fields: dict[str, Any] = {"provider_status": remote.provider_status}
     if remote.status is RemoteStatus.SUCCEEDED:
-        result = {**remote.result, "model_ref": {"provider": job.provider,
-                                                 "model": remote.fine_tuned_model}}
+        model_ref = dict(remote.model_ref or {"provider": job.provider,
+                                              "model": remote.fine_tuned_model})
+        result = {**remote.result, "model_ref": model_ref}
         fields.update(fine_tuned_model=remote.fine_tuned_model, result=result)
         if job.spec.get("deploy") and deploys(ctx.plugin):
             return Advance(State.DEPLOYING, fields=fields, reason=f"tuned model "

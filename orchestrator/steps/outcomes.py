@@ -6,7 +6,7 @@ outcome to the database in one guarded transaction. Steps never write job state 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -52,11 +52,13 @@ class StepContext:
     engine: sa.Engine
     plugin: ProviderPlugin
     now: Callable[[], datetime]
+    #: The job spec's ``provider_options``.
+    options: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
     def provider(self) -> ProviderClient:
         """A client for the job's provider account (built on first use)."""
-        return self.plugin.connect(self.settings, shared_client(self.settings))
+        return self.plugin.connect(self.settings, shared_client(self.settings), self.options)
 
     @cached_property
     def blobs(self) -> BlobStore:

@@ -140,7 +140,7 @@ def _attempt(job: Job, step: str, settings: Settings, engine: sa.Engine,
     """
     try:
         ctx = StepContext(settings=settings, engine=engine, plugin=registry.get(job.provider),
-                          now=now)
+                          now=now, options=job.spec.get("provider_options") or {})
         try:
             return STEPS[step](job, ctx)
         except ProviderError as exc:
@@ -243,7 +243,8 @@ def _cancel_orphan(job: Job, outcome: Advance, engine: sa.Engine, settings: Sett
     if not (cancelled or superseded):
         return
     try:
-        provider = registry.get(job.provider).connect(settings, shared_client(settings))
+        provider = registry.get(job.provider).connect(
+            settings, shared_client(settings), job.spec.get("provider_options"))
         provider.cancel_job(outcome.cancel_remote)
         log.warning("step.cancelled_orphan", provider_job_id=outcome.cancel_remote,
                     why="cancelled meanwhile" if cancelled else "superseded by "

@@ -28,6 +28,7 @@ def run(job: Job, ctx: StepContext) -> Outcome:
             labels=job.labels,
             seed=spec.get("seed"),
             training_type=spec.get("training_type"),
+            name=job.name,
         ))
         verb = "created provider job"
     return Advance(

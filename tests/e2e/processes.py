@@ -3,7 +3,8 @@
 Every process a test starts goes through ``Procs``: it runs in its own session (so a
 SIGKILL of its process group takes the Celery main process and its pool children
 together) and writes its output to a file under the test's tmp_path. ``Stack`` builds the
-environment those processes share (database, broker, data dir, emulator, timings) and
+environment those processes share (database, broker, data dir, emulator, a Google service
+account the emulator knows, timings) and
 reads the results back (``tunectl show --json``, the job rows).
 """
 
@@ -32,6 +33,7 @@ from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Job
 from orchestrator.specs import load_spec
 from tests.conftest import API_KEY, REDIS_URL
+from tests.helpers import service_account_file, service_account_key
 
 VENV_BIN = Path(sys.executable).parent
 E2E_REDIS_URL = os.environ.get(
@@ -234,6 +236,18 @@ class Emulator:
                 "deployment_duration_s": self.job_duration, **scenario}
         self.http.put("/dashscope/_emulator/scenario", json=body).raise_for_status()
 
+    def google_stats(self) -> dict[str, Any]:
+        """The Google emulator's counters (tokens, objects, tuning jobs by state …)."""
+        response = self.http.get("/google/_emulator/stats")
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        return stats
+
+    def set_google_scenario(self, **scenario: Any) -> None:
+        """Replace the Google scenario (keeping this emulator's job duration unless given)."""
+        body = {"job_duration_s": self.job_duration, **scenario}
+        self.http.put("/google/_emulator/scenario", json=body).raise_for_status()
+
     def sdk(self) -> OpenAI:
         """The official OpenAI SDK pointed at the emulator (close it after use)."""
         return OpenAI(base_url=self.url, api_key=API_KEY, max_retries=0)
@@ -256,7 +270,8 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a tunectl process: this stack's DB, broker, emulator and timings."""
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("TUNECTL_", "OPENAI_", "DASHSCOPE_"))}
+               if not k.startswith(("TUNECTL_", "OPENAI_", "DASHSCOPE_", "VERTEXAI_",
+                                    "GOOGLE_", "CLOUDSDK_"))}
         env.update(
             PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
             PYTHONUNBUFFERED="1",
@@ -270,8 +285,12 @@ class Stack:
             DASHSCOPE_API_KEY=API_KEY,
         )
         if self.emulator is not None:
+            google = f"{self.emulator.root}/google"
             env["TUNECTL_OPENAI_BASE_URL"] = self.emulator.url
             env["TUNECTL_DASHSCOPE_BASE_URL"] = f"{self.emulator.root}/dashscope/api/v1"
+            env.update(TUNECTL_VERTEX_BASE_URL=google, TUNECTL_GCS_BASE_URL=google,
+                       TUNECTL_GCS_BUCKET="tunectl-e2e",
+                       GOOGLE_APPLICATION_CREDENTIALS=str(self.tmp_path / "google-sa.json"))
         env.update(self.overrides)
         env.update(extra)
         return env
@@ -284,6 +303,11 @@ class Stack:
             "--job-duration", str(job_duration)), self.env())
         self.emulator = Emulator(proc, port, job_duration)
         self.emulator.wait_ready()
+        # A service account whose key the Google emulator knows and whose token_uri it is.
+        service_account_file(self.tmp_path / "google-sa.json",
+                             token_uri=f"{self.emulator.root}/google/token")
+        self.emulator.http.post("/google/_emulator/service-accounts",
+                                json=service_account_key()).raise_for_status()
         return self.emulator
 
     def start_worker(self, concurrency: int = 2, pool: str = "prefork") -> Proc:

@@ -31,9 +31,11 @@ def visited_by(output: str, job: str) -> list[str]:
 
 
 def test_demo_shows_every_state_of_the_support_bot_job(tmp_path: Path, procs: Procs) -> None:
-    """The demo exits 0 and prints the support-bot job going queued … succeeded, and the
-    DashScope job going on through deploying to succeeded with a deployed model."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNECTL_", "OPENAI_"))}
+    """The demo exits 0 and prints the support-bot job going queued … succeeded, the
+    DashScope job going on through deploying to succeeded with a deployed model, and the
+    Vertex job succeeding, after which its tuned endpoint answers from its dataset."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TUNECTL_", "OPENAI_", "GOOGLE_", "VERTEXAI_"))}
     env.update(TUNECTL_DATA_DIR=str(tmp_path / "data"), XDG_DATA_HOME=str(tmp_path / "xdg"),
                HOME=str(tmp_path / "home"), COLUMNS="200", PYTHONUNBUFFERED="1")
     # In its own process group: teardown kills the demo's emulator and daemon too.
@@ -49,5 +51,11 @@ def test_demo_shows_every_state_of_the_support_bot_job(tmp_path: Path, procs: Pr
     qwen = visited_by(output, "qwen-support")
     assert qwen == [*LIFECYCLE[:-1], "deploying", "succeeded"], f"qwen-support went {qwen}"
     assert re.search(r"qwen-support\s+│\s+succeeded\s+│\s+qwen-turbo-.*│\s+qwen-turbo-", output)
+    assert visited_by(output, "gemini-support") == LIFECYCLE
+    assert re.search(r"gemini-support\s+│\s+succeeded\s+│\s+projects/tunectl-emulator/locations/"
+                     r"us-central1/models/\d+@1", output), output
+    assert re.search(r"gemini-support's tuned model \(vertex_ai/gemini/\d+\) answers 'How do "
+                     r"I reset my password\?':\n  Open Settings → Security → Reset password",
+                     output), output
     assert (tmp_path / "data" / "demo" / "tunectl.db").exists(), "demo ran somewhere else"
     assert not (tmp_path / "home").exists(), "the demo wrote into HOME"

@@ -61,3 +61,15 @@ def test_token_counts_stay_and_secrets_in_prose_go() -> None:
     assert (line["billed_tokens"], line["max_tokens"]) == (1200, 5)
     assert line["access_token"] == "[REDACTED]"
     assert "abcdef123" not in line["note"] and "dXNlcjpwYXNz" not in line["note"]
+
+
+def test_google_access_tokens_and_private_keys_go() -> None:
+    stream, logger = rendered()
+    logger.info("x", note="token ya29.a0AfB_byC-xyz.123 refused",
+                key='{"private_key": "-----BEGIN PRIVATE KEY-----\\nMIIEv\\n'
+                    '-----END PRIVATE KEY-----\\n", "client_email": "a@b"}')
+    text = stream.getvalue()
+    line = json.loads(text)
+
+    assert line["note"] == "token [REDACTED] refused"
+    assert "MIIEv" not in text and "a@b" in line["key"]

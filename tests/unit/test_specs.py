@@ -78,6 +78,15 @@ class TestLoad:
                  id="unknown-provider"),
     pytest.param(GOOD + "deploy: {capacity: 1}\n",
                  "deploy: OpenAI serves tuned models without a deployment", id="deploy-on-openai"),
+    pytest.param(GOOD + "provider_options: {bucket: b}\n",
+                 "provider_options.bucket: openai takes no such option; remove "
+                 "provider_options", id="options-on-openai"),
+    pytest.param(GOOD.replace("openai", "vertex").replace("gpt-4o-mini-2024-07-18",
+                                                          "gemini-2.5-flash")
+                 .replace("learning_rate_multiplier: 1.8", "adapter_size: 4")
+                 + "provider_options: {region: us}\n",
+                 "provider_options.region: vertex takes no such option; use bucket, location, "
+                 "prefix, project", id="unknown-vertex-option"),
     pytest.param(GOOD + "max_cost_usd: 0\n", "max_cost_usd: must be greater than 0",
                  id="zero-budget"),
     pytest.param(GOOD + "max_cost_usd: .inf\n", "max_cost_usd: must be a finite number",

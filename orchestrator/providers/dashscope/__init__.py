@@ -3,6 +3,7 @@ the ``tunectl.providers`` entry point loads."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import httpx
@@ -25,7 +26,8 @@ class DashScopePlugin:
     def check_spec(self, spec: JobSpec, source: str) -> None:
         translate.check_spec(spec, source)
 
-    def connect(self, settings: Settings, http: httpx.Client) -> DashScopeClient:
+    def connect(self, settings: Settings, http: httpx.Client,
+                options: Mapping[str, str] | None = None) -> DashScopeClient:
         return DashScopeClient(
             http,
             base_url=settings.dashscope_base_url,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import httpx
@@ -23,7 +24,8 @@ class OpenAIPlugin:
     def check_spec(self, spec: JobSpec, source: str) -> None:
         translate.check_spec(spec, source)
 
-    def connect(self, settings: Settings, http: httpx.Client) -> OpenAIClient:
+    def connect(self, settings: Settings, http: httpx.Client,
+                options: Mapping[str, str] | None = None) -> OpenAIClient:
         return OpenAIClient(
             http,
             base_url=settings.openai_base_url,

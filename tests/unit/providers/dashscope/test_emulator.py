@@ -355,7 +355,8 @@ class TestServedTogether:
         mounts = emulation.installed_emulators(job_duration_s=1, api_key=None)
 
         assert [(m.title, m.prefix, m.api_path) for m in mounts] == [
-            ("OpenAI", "", "/v1"), ("DashScope", "/dashscope", "/api/v1")]
+            ("OpenAI", "", "/v1"), ("DashScope", "/dashscope", "/api/v1"),
+            ("Google (Vertex AI, Cloud Storage, OAuth)", "/google", "")]
 
     def test_two_emulators_at_the_root_are_refused(self) -> None:
         with pytest.raises(ValueError, match="only one emulator can be mounted at the root"):

@@ -1,0 +1,160 @@
+"""Vertex AI, I/O: tuning jobs (create, get, list by label, cancel), datasets in Cloud
+Storage (gcs.py) and the tuned endpoint's generateContent, through the process's httpx
+client with a Google access token (auth.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from orchestrator.errors import ProviderAuthError, ProviderRejected, ProviderUnavailable
+from orchestrator.providers import http
+from orchestrator.providers.base import JobRequest, RemoteEvent, RemoteFile, RemoteJob
+from orchestrator.providers.vertex import translate
+from orchestrator.providers.vertex.auth import GoogleAuth, HttpxRequest
+from orchestrator.providers.vertex.gcs import CloudStorage
+from orchestrator.providers.vertex.translate import PROVIDER
+
+log = structlog.get_logger(__name__)
+#: Tuning jobs per page when a retried submit looks for its job.
+PAGE_SIZE = 100
+
+
+class VertexClient:
+    """One Google Cloud project and location, with its dataset bucket and credentials."""
+
+    def __init__(self, client: httpx.Client, auth: GoogleAuth, *, project: str,
+                 location: str, base_url: str | None, storage: Mapping[str, Any]) -> None:
+        """``base_url`` overrides Google's endpoint of each location (a proxy, the emulator)."""
+        self._client, self._auth = client, auth
+        self._request = HttpxRequest(client)
+        self.project, self.location = project, location
+        self._override = base_url.rstrip("/") if base_url else None
+        self._base = self._override or translate.base_url(location)
+        self._parent = translate.parent(project, location)
+        self.storage = CloudStorage(self._send, **storage)
+        identity = "\0".join((self._base, storage["base_url"], project, location,
+                              self.storage.bucket, self.storage.prefix, auth.identity))
+        self.account = hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+    def _send(self, operation: str, method: str, url: str, *, accept: tuple[int, ...] = (),
+              **kwargs: Any) -> httpx.Response:
+        """One authorized call; a 401 (a token that expired or was revoked early) gets one
+        retry with a fresh token."""
+        extra = kwargs.pop("headers", None) or {}
+        content = kwargs.pop("content", None)
+        if content is not None:
+            extra = {**extra, "content-length": str(len(content))}
+        for attempt in (1, 2):
+            if content is not None:
+                # A one-shot stream: a sent request then no longer holds the bytes (httpx's
+                # response and its stream form a cycle the GC frees late, and upload
+                # chunks would pile up until it does).
+                kwargs["content"] = iter((content,))
+            request = self._client.build_request(
+                method, url, headers={**self._auth.headers(self._request), **extra}, **kwargs)
+            try:
+                return http.send(self._client, request, provider=PROVIDER, operation=operation,
+                                 describe_error=translate.describe_error, accept=accept)
+            except ProviderAuthError as exc:
+                if exc.status != 401 or attempt == 2:
+                    raise
+                log.info("vertex.token_refused", operation=operation, why=str(exc))
+                self._auth.refresh(self._request)
+        raise AssertionError("unreachable")
+
+    def _call(self, operation: str, method: str, path: str, *, base: str | None = None,
+              **kwargs: Any) -> dict[str, Any]:
+        response = self._send(operation, method, f"{base or self._base}{path}", **kwargs)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ProviderUnavailable("the response was not JSON", provider=PROVIDER,
+                                      operation=operation, status=response.status_code) from exc
+        if not isinstance(body, dict):
+            raise ProviderUnavailable("the response was not a JSON object", provider=PROVIDER,
+                                      operation=operation, status=response.status_code)
+        return body
+
+    # Datasets
+
+    def find_file(self, sha256: str) -> RemoteFile | None:
+        return self.storage.find(sha256)
+
+    def file_exists(self, file_id: str) -> bool:
+        return self.storage.exists(file_id)
+
+    def upload_file(self, path: Path, sha256: str) -> RemoteFile:
+        return self.storage.upload(path, sha256)
+
+    # Tuning jobs
+
+    def _jobs(self, filter_: str) -> Iterator[dict[str, Any]]:
+        """Every tuning job the filter lists, page by page."""
+        params: dict[str, Any] = {"filter": filter_, "pageSize": PAGE_SIZE}
+        while True:
+            page = self._call("list jobs", "GET", f"/v1/{self._parent}/tuningJobs",
+                              params=params)
+            yield from (j for j in page.get("tuningJobs") or [] if isinstance(j, dict))
+            token = page.get("nextPageToken")
+            if not token:
+                return
+            params["pageToken"] = token
+
+    def find_job(self, job_id: str) -> RemoteJob | None:
+        """The tuning job labelled with ``job_id`` (the label is checked on each job too,
+        in case a server ignored the filter)."""
+        for item in self._jobs(translate.job_filter(job_id)):
+            if translate.is_job_of(item, job_id):
+                return self._checked(translate.remote_job(item))
+        return None
+
+    def create_job(self, request: JobRequest) -> RemoteJob:
+        body = translate.job_body(request, request.training_file_id,
+                                  request.validation_file_id)
+        data = self._call("create job", "POST", f"/v1/{self._parent}/tuningJobs", json=body)
+        return self._checked(translate.remote_job(data))
+
+    def get_job(self, provider_job_id: str) -> RemoteJob:
+        return self._checked(translate.remote_job(self._job(provider_job_id)))
+
+    def cancel_job(self, provider_job_id: str) -> RemoteJob:
+        """Ask for a cancel (the answer is empty; it is asynchronous), then read the job."""
+        self._call("cancel job", "POST", f"{self._path(provider_job_id)}:cancel", json={})
+        return self.get_job(provider_job_id)
+
+    def list_events(self, provider_job_id: str, limit: int = 20) -> list[RemoteEvent]:
+        """The job's milestones (created, started, ended): Vertex keeps no event log for
+        tuning jobs."""
+        return translate.events(self._job(provider_job_id))[-limit:]
+
+    # The tuned model
+
+    def ask(self, model_ref: Mapping[str, Any], prompt: str) -> str:
+        """The tuned endpoint's answer to ``prompt`` (generateContent)."""
+        body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+        base = self._override or translate.base_url(str(model_ref["vertex_location"]))
+        data = self._call("generate content", "POST", f"/v1/{model_ref['endpoint']}"
+                          ":generateContent", base=base, json=body)
+        return translate.answer_text(data)
+
+    def _job(self, name: str) -> dict[str, Any]:
+        return self._call("get job", "GET", self._path(name))
+
+    def _path(self, name: str) -> str:
+        try:
+            return translate.job_path(name)
+        except ValueError as exc:
+            raise ProviderRejected(str(exc), provider=PROVIDER, operation="get job") from None
+
+    @staticmethod
+    def _checked(job: RemoteJob) -> RemoteJob:
+        if job.provider_status not in translate.STATUS:
+            log.warning("provider.unknown_status", provider=PROVIDER, provider_job_id=job.id,
+                        provider_status=job.provider_status)
+        return job

@@ -1,0 +1,315 @@
+"""The Vertex adapter against the in-process emulator: Cloud Storage uploads (multipart,
+resumable, resumed, deduplicated), tuning jobs found by label, errors, and google-auth's
+service-account flow with tokens refreshed before expiry and after a 401."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from orchestrator.config import Settings
+from orchestrator.errors import (
+    MissingCredential,
+    ProviderAuthError,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+)
+from orchestrator.providers import registry
+from orchestrator.providers.base import JobRequest, RemoteStatus
+from orchestrator.providers.http import shared_client
+from orchestrator.providers.vertex import adapter, auth
+from orchestrator.providers.vertex.adapter import VertexClient
+from orchestrator.providers.vertex.emulator import Scenario
+from tests.helpers import Clock, in_process_emulator, service_account_file
+
+GEMINI_LINE = ('{"contents": [{"role": "user", "parts": [{"text": "hi %d"}]}, '
+               '{"role": "model", "parts": [{"text": "hello %d"}]}]}\n')
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def emulator(clock: Clock) -> Iterator[TestClient]:
+    auth.forget()
+    with in_process_emulator(clock, google=Scenario(job_duration_s=10)) as client:
+        yield client
+
+
+def connect(settings: Settings, **options: str) -> VertexClient:
+    client = registry.get("vertex").connect(settings, shared_client(settings), options)
+    assert isinstance(client, VertexClient)
+    return client
+
+
+@pytest.fixture
+def vertex(settings: Settings, emulator: TestClient) -> VertexClient:
+    return connect(settings)
+
+
+def dataset(path: Path, lines: int) -> Path:
+    path.write_text("".join(GEMINI_LINE % (i, i) for i in range(lines)))
+    return path
+
+
+def stats(emulator: TestClient) -> dict[str, Any]:
+    return dict(emulator.get("/google/_emulator/stats").json())
+
+
+def scenario(emulator: TestClient, **knobs: Any) -> None:
+    emulator.put("/google/_emulator/scenario", json=Scenario(**knobs).model_dump()
+                 ).raise_for_status()
+
+
+def request(job_id: str, training: str) -> JobRequest:
+    return JobRequest(job_id=job_id, base_model="gemini-2.5-flash", method="sft",
+                      training_file_id=training, validation_file_id=None,
+                      hyperparameters={"epoch_count": 2}, suffix=None, labels={})
+
+
+class TestUploads:
+    def test_a_small_dataset_goes_in_one_multipart_request_and_is_found_again(
+            self, vertex: VertexClient, emulator: TestClient, tmp_path: Path) -> None:
+        path = dataset(tmp_path / "d.jsonl", 3)
+        sha = "1" * 64
+
+        assert vertex.find_file(sha) is None
+        uploaded = vertex.upload_file(path, sha)
+        again = vertex.upload_file(path, sha)  # a retry after the first one landed
+
+        assert uploaded.id == f"gs://tunectl-test-data/tunectl/tunectl-{sha}.jsonl"
+        assert uploaded.bytes == path.stat().st_size
+        assert again == uploaded == vertex.find_file(sha)
+        assert vertex.file_exists(uploaded.id)
+        assert not vertex.file_exists(f"gs://tunectl-test-data/tunectl/tunectl-{'2' * 64}.jsonl")
+        assert stats(emulator)["uploads_multipart"] == 1
+        content = emulator.get(f"/google/storage/v1/b/tunectl-test-data/o/tunectl%2F"
+                               f"tunectl-{sha}.jsonl", params={"alt": "media"}).content
+        assert content == path.read_bytes()
+
+    def test_a_large_dataset_goes_in_resumable_chunks_that_survive_a_failed_chunk(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path) -> None:
+        settings = settings.model_copy(update={"gcs_resumable_threshold_bytes": 1000,
+                                               "gcs_chunk_bytes": 256 << 10})
+        vertex = connect(settings, bucket="other-bucket", prefix="big")
+        path = dataset(tmp_path / "big.jsonl", 9000)  # ~900 KB: four chunks
+        scenario(emulator, server_errors={"count": 1, "status": 503, "methods": ["PUT"],
+                                          "routes": "^/upload/"})
+
+        uploaded = vertex.upload_file(path, "3" * 64)
+
+        assert uploaded.id == f"gs://other-bucket/big/tunectl-{'3' * 64}.jsonl"
+        counted = stats(emulator)
+        assert counted["uploads_resumable"] == 1 and counted["server_errors"] == 1
+        content = emulator.get(f"/google/storage/v1/b/other-bucket/o/big%2F"
+                               f"tunectl-{'3' * 64}.jsonl", params={"alt": "media"}).content
+        assert content == path.read_bytes()
+
+    def test_an_object_of_that_name_not_uploaded_by_tunectl_is_refused(
+            self, vertex: VertexClient, emulator: TestClient, tmp_path: Path) -> None:
+        sha = "4" * 64
+        emulator.post("/google/upload/storage/v1/b/tunectl-test-data/o",
+                      params={"uploadType": "media", "name": f"tunectl/tunectl-{sha}.jsonl"},
+                      content=b"planted").raise_for_status()
+
+        assert vertex.find_file(sha) is None
+        with pytest.raises(ProviderRejected, match="not uploaded by tunectl"):
+            vertex.upload_file(dataset(tmp_path / "d.jsonl", 2), sha)
+
+    def test_the_account_is_per_bucket_and_prefix(self, settings: Settings,
+                                                  emulator: TestClient) -> None:
+        assert connect(settings).account != connect(settings, bucket="bucket-2").account
+        assert connect(settings).account != connect(settings, prefix="x/").account
+        assert connect(settings).account == connect(settings).account
+
+
+class TestTuningJobs:
+    def test_a_retried_submit_finds_its_job_by_label_across_pages(
+            self, vertex: VertexClient, emulator: TestClient, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        uri = vertex.upload_file(dataset(tmp_path / "d.jsonl", 2), "5" * 64).id
+        created = [vertex.create_job(request(f"job_{i}", uri)) for i in range(3)]
+        monkeypatch.setattr(adapter, "PAGE_SIZE", 1)
+
+        assert vertex.find_job("job_0") == created[0]
+        assert vertex.find_job("JOB_2") == created[2]  # label values are lower-case
+        assert vertex.find_job("job_9") is None
+        assert created[0].provider_status == "JOB_STATE_PENDING"
+
+    def test_a_job_runs_to_its_tuned_endpoint_and_answers(
+            self, vertex: VertexClient, clock: Clock, tmp_path: Path) -> None:
+        uri = vertex.upload_file(dataset(tmp_path / "d.jsonl", 2), "6" * 64).id
+        name = vertex.create_job(request("job_a", uri)).id
+        clock.advance(5)
+        assert vertex.get_job(name).provider_status == "JOB_STATE_RUNNING"
+        clock.advance(5)
+
+        done = vertex.get_job(name)
+
+        assert done.status is RemoteStatus.SUCCEEDED and done.model_ref is not None
+        assert vertex.ask(done.model_ref, "hi 1") == "hello 1"  # what it was tuned on
+        assert [e.message for e in vertex.list_events(name)] == [
+            "tuning job created", "tuning started", "ended JOB_STATE_SUCCEEDED"]
+
+    def test_a_cancel_goes_through_cancelling(self, vertex: VertexClient, clock: Clock,
+                                              tmp_path: Path) -> None:
+        uri = vertex.upload_file(dataset(tmp_path / "d.jsonl", 2), "7" * 64).id
+        name = vertex.create_job(request("job_c", uri)).id
+
+        assert vertex.cancel_job(name).provider_status == "JOB_STATE_CANCELLING"
+        clock.advance(1)
+        assert vertex.get_job(name).status is RemoteStatus.CANCELLED
+        with pytest.raises(ProviderRejected, match="FAILED_PRECONDITION"):
+            vertex.cancel_job(name)
+
+    @pytest.mark.parametrize(("knobs", "cls"), [
+        pytest.param({"throttle": {"count": 1, "routes": "tuningJobs"}}, RateLimited,
+                     id="429-resource-exhausted"),
+        pytest.param({"server_errors": {"count": 1, "status": 503, "routes": "tuningJobs"}},
+                     ProviderUnavailable, id="503-unavailable"),
+    ])
+    def test_quota_and_outages_are_retryable(self, vertex: VertexClient, emulator: TestClient,
+                                             knobs: dict[str, Any], cls: type[Exception]) -> None:
+        scenario(emulator, **knobs)
+
+        with pytest.raises(cls):
+            vertex.find_job("job_x")
+        assert vertex.find_job("job_x") is None  # the next call goes through
+
+    def test_a_dataset_that_is_not_in_the_bucket_is_rejected(self, vertex: VertexClient) -> None:
+        with pytest.raises(ProviderRejected, match="does not exist"):
+            vertex.create_job(request("job_m", "gs://tunectl-test-data/missing.jsonl"))
+
+
+class TestAuth:
+    def test_the_service_account_flow_gets_one_token_for_many_calls(
+            self, vertex: VertexClient, emulator: TestClient) -> None:
+        for _ in range(3):
+            vertex.find_job("job_x")
+
+        assert stats(emulator)["tokens_issued"] == 1
+
+    def test_a_token_close_to_expiry_is_refreshed_before_it_is_used(
+            self, vertex: VertexClient, emulator: TestClient, settings: Settings) -> None:
+        vertex.find_job("job_x")
+        creds = auth.credentials(settings.google_application_credentials,
+                                 auth.HttpxRequest(shared_client(settings))).credentials
+        assert creds.expiry is not None
+        creds.expiry = creds.expiry.replace(tzinfo=None) - timedelta(seconds=3600 - 60)
+
+        vertex.find_job("job_x")
+
+        counted = stats(emulator)
+        assert counted["tokens_issued"] == 2
+        assert counted.get("tokens_refused", 0) == 0  # refreshed before, not after a 401
+
+    def test_a_token_that_expired_at_the_server_is_refreshed_after_its_401(
+            self, vertex: VertexClient, emulator: TestClient, clock: Clock) -> None:
+        """google-auth still thinks the token good; the server's clock says it expired."""
+        vertex.find_job("job_x")
+        clock.advance(3601)
+
+        assert vertex.find_job("job_x") is None
+
+        counted = stats(emulator)
+        assert counted["tokens_issued"] == 2 and counted["tokens_refused"] == 1
+
+    def test_an_upload_refused_for_an_expired_token_is_sent_again_whole(
+            self, vertex: VertexClient, emulator: TestClient, clock: Clock,
+            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The multipart POST itself meets the 401: its body must go again, whole."""
+        vertex.find_job("job_x")
+        clock.advance(3601)
+        path = dataset(tmp_path / "d.jsonl", 5)
+        monkeypatch.setattr(vertex.storage, "find", lambda sha256: None)  # no GET first
+
+        uploaded = vertex.upload_file(path, "8" * 64)
+
+        assert stats(emulator)["tokens_refused"] == 1
+        bucket, name = uploaded.id.removeprefix("gs://").split("/", 1)
+        assert emulator.get(f"/google/storage/v1/b/{bucket}/o/{name.replace('/', '%2F')}",
+                            params={"alt": "media"}).content == path.read_bytes()
+
+    def test_a_key_the_server_does_not_know_is_a_permanent_auth_error(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path) -> None:
+        key = json.loads(Path(str(settings.google_application_credentials)).read_text())
+        other = tmp_path / "other.json"
+        other.write_text(json.dumps({**key, "private_key_id": "unknown-key"}))
+        vertex = connect(settings.model_copy(update={"google_application_credentials": other}))
+
+        with pytest.raises(ProviderAuthError, match="invalid_grant"):
+            vertex.find_job("job_x")
+
+    @pytest.mark.parametrize(("content", "words"), [
+        pytest.param("{not json", "not a readable JSON key file", id="not-json"),
+        pytest.param('{"type": "external_account"}', "not 'external_account'",
+                     id="external-account-runs-commands"),
+        pytest.param('{"type": "service_account"}', "incomplete", id="incomplete"),
+    ])
+    def test_a_bad_key_file_is_one_clear_line(self, settings: Settings, emulator: TestClient,
+                                              tmp_path: Path, content: str, words: str) -> None:
+        bad = tmp_path / "bad.json"
+        bad.write_text(content)
+
+        with pytest.raises(MissingCredential, match=words) as caught:
+            connect(settings.model_copy(update={"google_application_credentials": bad}))
+        assert "GOOGLE_APPLICATION_CREDENTIALS=" in str(caught.value)
+        assert "\n" not in str(caught.value)
+
+    def test_application_default_credentials_come_from_gcloud_s_file(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        gcloud = tmp_path / "gcloud"
+        gcloud.mkdir()
+        service_account_file(gcloud / "application_default_credentials.json")
+        monkeypatch.setenv("CLOUDSDK_CONFIG", str(gcloud))
+        monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        vertex = connect(settings.model_copy(update={"google_application_credentials": None}))
+
+        assert vertex.project == "tunectl-test"  # the key file's project
+        assert vertex.find_job("job_x") is None
+        assert stats(emulator)["tokens_issued"] == 1
+
+    def test_no_project_or_bucket_is_a_clear_error(self, settings: Settings,
+                                                   emulator: TestClient) -> None:
+        with pytest.raises(MissingCredential, match="TUNECTL_GCS_BUCKET"):
+            connect(settings.model_copy(update={"gcs_bucket": None}))
+
+
+@pytest.mark.parametrize(("update", "words"), [
+    pytest.param({"vertex_location": "evil.example.com/#"}, "Vertex location must be",
+                 id="location-from-the-environment"),
+    pytest.param({"gcs_bucket": "gs://x"}, "Vertex bucket must be", id="bucket-uri"),
+])
+def test_settings_are_checked_like_spec_options(settings: Settings, emulator: TestClient,
+                                                update: dict[str, str], words: str) -> None:
+    with pytest.raises(MissingCredential, match=words):
+        connect(settings.model_copy(update=update))
+
+
+def test_a_resumable_session_on_another_host_gets_no_token(
+        settings: Settings, emulator: TestClient, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session URL is where the chunks, and the access token, go."""
+    vertex = connect(settings.model_copy(update={"gcs_resumable_threshold_bytes": 10}))
+    real = vertex._send
+
+    def redirected(operation: str, method: str, url: str, **kwargs: Any) -> Any:
+        response = real(operation, method, url, **kwargs)
+        if operation == "start upload":
+            response.headers["location"] = "https://collector.example/upload?upload_id=1"
+        return response
+
+    monkeypatch.setattr(vertex.storage, "_send", redirected)
+
+    with pytest.raises(ProviderUnavailable, match="not on the Cloud Storage host"):
+        vertex.upload_file(dataset(tmp_path / "d.jsonl", 3), "9" * 64)

@@ -1,0 +1,245 @@
+"""The Google emulator on its own: the token endpoint checks signed JWTs, tokens expire on
+its clock, Cloud Storage and tuningJobs answer in Google's shapes (int64 as strings), list
+filters and page tokens are strict, and the tuned endpoint lives in one region."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import google.auth.crypt
+import google.auth.jwt
+import pytest
+from fastapi.testclient import TestClient
+
+from orchestrator.providers.vertex.auth import HttpxRequest
+from orchestrator.providers.vertex.emulator import Scenario, create_app
+from tests.helpers import KEY_ID, SERVICE_ACCOUNT, Clock, _rsa_key, service_account_key
+
+JOBS = "/v1/projects/p-1/locations/us-central1/tuningJobs"
+LINE = {"contents": [{"role": "user", "parts": [{"text": "What is 2+2?"}]},
+                     {"role": "model", "parts": [{"text": "4"}]}]}
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def emu(clock: Clock) -> Iterator[TestClient]:
+    with TestClient(create_app(Scenario(job_duration_s=10), clock=clock.epoch)) as client:
+        client.post("/_emulator/service-accounts", json=service_account_key()
+                    ).raise_for_status()
+        yield client
+
+
+def assertion(**claims: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    pem = _rsa_key().private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption())
+    signer = google.auth.crypt.RSASigner.from_string(pem, KEY_ID)
+    now = int(time.time())
+    payload = {"iss": SERVICE_ACCOUNT, "aud": "http://testserver/token", "iat": now,
+               "exp": now + 3600, "scope": "https://www.googleapis.com/auth/cloud-platform",
+               **claims}
+    return google.auth.jwt.encode(signer, payload).decode()
+
+
+def token(emu: TestClient, **claims: Any) -> Any:
+    return emu.post("/token", data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "assertion": assertion(**claims)})
+
+
+def bearer(emu: TestClient) -> dict[str, str]:
+    return {"authorization": f"Bearer {token(emu).json()['access_token']}"}
+
+
+class TestTokens:
+    def test_a_signed_jwt_gets_a_bearer_token(self, emu: TestClient) -> None:
+        reply = token(emu)
+
+        assert reply.status_code == 200
+        assert reply.json()["token_type"] == "Bearer" and reply.json()["expires_in"] == 3600
+        assert reply.json()["access_token"].startswith("ya29.")
+
+    @pytest.mark.parametrize(("claims", "words"), [
+        pytest.param({"scope": "email"}, "scope", id="without-cloud-platform"),
+        pytest.param({"iss": "someone@else.example"}, "iss", id="another-issuer"),
+        pytest.param({"iat": int(time.time()) - 9000, "exp": int(time.time()) - 5400},
+                     "Invalid JWT", id="expired-jwt"),
+    ])
+    def test_a_wrong_jwt_is_an_invalid_grant(self, emu: TestClient, claims: dict[str, Any],
+                                             words: str) -> None:
+        reply = token(emu, **claims)
+
+        assert reply.status_code == 400
+        assert reply.json()["error"] == "invalid_grant"
+        assert words in reply.json()["error_description"]
+
+    def test_a_tampered_signature_is_refused(self, emu: TestClient) -> None:
+        head, body, signature = assertion().split(".")
+        reply = emu.post("/token", data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "assertion": f"{head}.{body}X.{signature}"})
+
+        assert reply.status_code == 400 and reply.json()["error"] == "invalid_grant"
+
+    def test_other_grants_are_unsupported(self, emu: TestClient) -> None:
+        reply = emu.post("/token", data={"grant_type": "password"})
+
+        assert reply.json()["error"] == "unsupported_grant_type"
+
+    def test_a_key_file_the_emulator_makes_signs_in_with_google_auth(
+            self, emu: TestClient) -> None:
+        from google.oauth2 import service_account
+
+        info = emu.post("/_emulator/service-accounts/keys", json={}).json()
+        creds = service_account.Credentials.from_service_account_info(
+            info, scopes=["https://www.googleapis.com/auth/cloud-platform"])
+
+        assert info["token_uri"] == "http://testserver/token"
+        creds.refresh(HttpxRequest(emu))
+        assert emu.get(JOBS, headers={"authorization": f"Bearer {creds.token}"}
+                       ).status_code == 200
+
+    def test_api_calls_need_an_unexpired_issued_token(self, emu: TestClient,
+                                                      clock: Clock) -> None:
+        headers = bearer(emu)
+
+        assert emu.get(JOBS).json()["error"]["status"] == "UNAUTHENTICATED"
+        assert emu.get(JOBS, headers={"authorization": "Bearer made-up"}).status_code == 401
+        assert emu.get(JOBS, headers=headers).status_code == 200
+        clock.advance(3600)
+        assert emu.get(JOBS, headers=headers).status_code == 401
+
+
+def upload(emu: TestClient, headers: dict[str, str], name: str, lines: list[Any]) -> str:
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    reply = emu.post("/upload/storage/v1/b/bkt/o", headers=headers, content=content,
+                        params={"uploadType": "media", "name": name})
+    assert reply.status_code == 200, reply.text
+    return f"gs://bkt/{name}"
+
+
+class TestStorage:
+    def test_objects_have_int64_strings_and_a_precondition(self, emu: TestClient) -> None:
+        headers = bearer(emu)
+        upload(emu, headers, "d/x.jsonl", [LINE])
+
+        meta = emu.get("/storage/v1/b/bkt/o/d%2Fx.jsonl", headers=headers).json()
+        again = emu.post("/upload/storage/v1/b/bkt/o", headers=headers, content=b"x",
+                            params={"uploadType": "media", "name": "d/x.jsonl",
+                                    "ifGenerationMatch": "0"})
+
+        assert meta["kind"] == "storage#object" and isinstance(meta["size"], str)
+        assert isinstance(meta["generation"], str) and meta["md5Hash"]
+        assert again.status_code == 412
+        assert emu.get("/storage/v1/b/bkt/o/nope", headers=headers).json()["error"][
+            "errors"][0]["reason"] == "notFound"
+
+    def test_a_resumable_chunk_must_not_leave_a_gap(self, emu: TestClient) -> None:
+        headers = bearer(emu)
+        start = emu.post("/upload/storage/v1/b/bkt/o", headers=headers,
+                            params={"uploadType": "resumable"}, json={"name": "r.jsonl"})
+        session = start.headers["location"]
+
+        gap = emu.put(session, headers={**headers, "content-range": "bytes 10-11/20"},
+                         content=b"ab")
+        status = emu.put(session, headers={**headers, "content-range": "bytes */20"})
+
+        assert gap.status_code == 400
+        assert status.status_code == 308 and "range" not in status.headers
+
+
+class TestTuningJobs:
+    def test_a_job_walks_pending_running_succeeded_with_int64_strings(
+            self, emu: TestClient, clock: Clock) -> None:
+        headers = bearer(emu)
+        uri = upload(emu, headers, "t.jsonl", [LINE])
+        created = emu.post(JOBS, headers=headers, json={
+            "baseModel": "gemini-2.5-flash",
+            "supervisedTuningSpec": {"trainingDatasetUri": uri,
+                                     "hyperParameters": {"epochCount": 3}}}).json()
+        states = []
+        for _ in range(3):
+            states.append(emu.get(f"/v1/{created['name']}", headers=headers).json())
+            clock.advance(5)
+
+        assert [s["state"] for s in states] == ["JOB_STATE_PENDING", "JOB_STATE_RUNNING",
+                                                "JOB_STATE_SUCCEEDED"]
+        done = states[-1]
+        assert done["supervisedTuningSpec"]["hyperParameters"]["epochCount"] == "3"
+        stats = done["tuningDataStats"]["supervisedTuningDataStats"]
+        assert stats["tuningDatasetExampleCount"] == "1"
+        assert done["tunedModel"]["endpoint"].startswith(
+            "projects/p-1/locations/us-central1/endpoints/")
+        assert done["endTime"].endswith("Z")
+
+    @pytest.mark.parametrize(("body", "words"), [
+        pytest.param({"baseModel": "gemini-1.0-pro"}, "not supported", id="model"),
+        pytest.param({"baseModel": "gemini-2.5-flash", "supervisedTuningSpec": {
+            "trainingDatasetUri": "gs://bkt/t.jsonl", "hyperParameters": {
+                "epochCount": "three"}}}, "epochCount", id="epochs"),
+        pytest.param({"baseModel": "gemini-2.5-flash", "supervisedTuningSpec": {
+            "trainingDatasetUri": "gs://bkt/t.jsonl"}, "labels": {"Team": "x"}}, "labels",
+            id="label"),
+        pytest.param({"baseModel": "gemini-2.5-flash", "supervisedTuningSpec": {
+            "trainingDatasetUri": "gs://bkt/openai.jsonl"}}, "line 1 is not valid",
+            id="dataset-in-openai-format"),
+    ])
+    def test_bad_requests_are_invalid_argument(self, emu: TestClient, body: dict[str, Any],
+                                               words: str) -> None:
+        headers = bearer(emu)
+        upload(emu, headers, "t.jsonl", [LINE])
+        upload(emu, headers, "openai.jsonl", [{"messages": [{"role": "user",
+                                                                 "content": "hi"}]}])
+
+        reply = emu.post(JOBS, headers=headers, json=body)
+
+        assert reply.status_code == 400
+        assert reply.json()["error"]["status"] == "INVALID_ARGUMENT"
+        assert words in reply.json()["error"]["message"]
+
+    def test_lists_filter_by_label_and_page_with_tokens(self, emu: TestClient) -> None:
+        headers = bearer(emu)
+        uri = upload(emu, headers, "t.jsonl", [LINE])
+        for label in ("a", "b", "a"):
+            emu.post(JOBS, headers=headers, json={
+                "baseModel": "gemini-2.5-flash", "labels": {"k": label},
+                "supervisedTuningSpec": {"trainingDatasetUri": uri}}).raise_for_status()
+
+        first = emu.get(JOBS, headers=headers, params={"filter": 'labels.k="a"',
+                                                          "pageSize": 1}).json()
+        second = emu.get(JOBS, headers=headers, params={
+            "filter": 'labels.k="a"', "pageSize": 1, "pageToken": first["nextPageToken"]}).json()
+        wrong = emu.get(JOBS, headers=headers, params={
+            "filter": 'labels.k="b"', "pageToken": first["nextPageToken"]})
+        unsupported = emu.get(JOBS, headers=headers, params={"filter": "state=RUNNING"})
+
+        assert len(first["tuningJobs"]) == len(second["tuningJobs"]) == 1
+        assert "nextPageToken" not in second
+        assert wrong.status_code == unsupported.status_code == 400
+
+    def test_the_tuned_endpoint_answers_only_in_its_own_region(
+            self, emu: TestClient, clock: Clock) -> None:
+        headers = bearer(emu)
+        uri = upload(emu, headers, "t.jsonl", [LINE])
+        name = emu.post(JOBS, headers=headers, json={
+            "baseModel": "gemini-2.5-flash",
+            "supervisedTuningSpec": {"trainingDatasetUri": uri}}).json()["name"]
+        clock.advance(10)
+        endpoint = emu.get(f"/v1/{name}", headers=headers).json()["tunedModel"]["endpoint"]
+        ask = {"contents": [{"role": "user", "parts": [{"text": "what is 2+2?"}]}]}
+
+        answer = emu.post(f"/v1/{endpoint}:generateContent", headers=headers, json=ask)
+        elsewhere = emu.post(f"/v1/{endpoint.replace('us-central1', 'europe-west4')}"
+                                ":generateContent", headers=headers, json=ask)
+
+        assert answer.json()["candidates"][0]["content"]["parts"][0]["text"] == "4"
+        assert elsewhere.status_code == 404
