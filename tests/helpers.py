@@ -4,6 +4,7 @@ runs dispatched steps the way a worker would (same runner, no broker)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ from orchestrator.providers.openai.emulator import Scenario, create_app
 from orchestrator.scheduler import Scheduler
 from orchestrator.specs import JobSpec
 from orchestrator.steps.runner import run_step
+
+
+#: Standard Webhooks secrets for tests (whsec_ + base64 of 32 bytes), and the name they go by.
+SECRET = "whsec_" + base64.b64encode(b"tunectl-test-webhook-secret-0001").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"tunectl-test-webhook-secret-0002").decode()
+SECRET_NAME = "TEST_WEBHOOK_SECRET"
 
 
 class Clock:
