@@ -1,4 +1,5 @@
-"""The scheduler: each tick frees expired leases, claims due jobs and sends their steps.
+"""The scheduler: each tick frees expired leases, claims due jobs and sends their steps,
+then does the same for deployments to delete and webhook deliveries due.
 
 The database is the truth and the broker only carries wake-ups: a step message that is
 lost (broker flushed, worker killed) leaves a lease that expires, and the next tick sends
@@ -21,6 +22,8 @@ from orchestrator.db.engine import session_scope
 from orchestrator.db.transition import transition
 from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import StaleTransition
+from orchestrator.notify import deliver
+from orchestrator.notify.outbox import Wake
 from orchestrator.states import PROVIDER_JOB_LIVE, STEP_FOR_STATE, State
 from orchestrator.steps import UNDEPLOY
 from orchestrator.steps.runner import Dispatch
@@ -37,6 +40,8 @@ class TickReport:
     gave_up: int
     #: Deployments sent to the undeploy step (TTL expired, undeploy requested, orphaned).
     undeploying: int = 0
+    #: Webhook deliveries sent to the deliver step.
+    delivering: int = 0
 
 
 class Scheduler:
@@ -48,14 +53,16 @@ class Scheduler:
 
     def tick(self) -> TickReport:
         """Rescue expired leases, claim and dispatch due jobs in batches, then the
-        deployments that must be deleted."""
+        deployments that must be deleted and the webhook deliveries that are due."""
         report = self._jobs()
-        try:
-            undeploying = self._deployments(self.now())
-        except Exception as exc:  # the jobs' report still counts
-            log.error("scheduler.deployments_failed", error=str(exc))
-            undeploying = 0
-        return TickReport(report.rescued, report.dispatched, report.gave_up, undeploying)
+        counts = []
+        for name, duty in (("deployments", self._deployments), ("deliveries", self._deliveries)):
+            try:
+                counts.append(duty(self.now()))
+            except Exception as exc:  # the jobs' report still counts
+                log.error(f"scheduler.{name}_failed", error=str(exc))
+                counts.append(0)
+        return TickReport(report.rescued, report.dispatched, report.gave_up, *counts)
 
     def _jobs(self) -> TickReport:
         now = self.now()
@@ -115,6 +122,27 @@ class Scheduler:
                 return i
         return len(claimed)
 
+    def _deliveries(self, now: datetime) -> int:
+        """Free expired delivery leases, then send the deliver step for every delivery due,
+        in batches."""
+        with session_scope(self.engine) as session:
+            rescued = queries.rescue_expired_delivery_leases(session, now=now)
+        for delivery_id, attempts in rescued:
+            log.warning("scheduler.delivery_lease_expired", delivery_id=delivery_id,
+                        attempts=attempts)
+        sent = 0
+        while True:
+            lease = new_id("lease")
+            with session_scope(self.engine) as session:
+                claimed = queries.claim_due_deliveries(
+                    session, owner=lease, now=now, limit=self.settings.scheduler_batch,
+                    until=now + timedelta(seconds=self.settings.webhook_lease_s))
+            done = deliver.send_now(self.engine, self.dispatch,
+                                    [(delivery_id, lease) for delivery_id in claimed], now)
+            sent += done
+            if done < len(claimed) or len(claimed) < self.settings.scheduler_batch:
+                return sent
+
     def _give_up(self, job: queries.Claimed, now: datetime) -> int:
         step = STEP_FOR_STATE[State(job.state)]
         reason = (f"gave up after {job.attempts} attempts at the {step} step; "
@@ -124,13 +152,16 @@ class Scheduler:
                        "check or cancel it at the provider")
         if State(job.state) is State.DEPLOYING:
             reason += "; the scheduler deletes its deployment, if one was created"
+        wake: list[Wake] = []
         try:
             with session_scope(self.engine) as session:
                 transition(session, job.id, source=State(job.state), target=State.FAILED,
-                           version=job.version, reason=reason, error=reason, now=now)
+                           version=job.version, reason=reason, error=reason, now=now,
+                           wake=wake)
         except StaleTransition:
             return 0
         log.error("scheduler.gave_up", job_id=job.id, step=step, reason=reason)
+        deliver.send_now(self.engine, self.dispatch, wake, now)
         return 1
 
     def run(self, stop: threading.Event) -> None:
@@ -139,10 +170,11 @@ class Scheduler:
         while not stop.is_set():
             try:
                 report = self.tick()
-                if report.rescued or report.dispatched or report.gave_up or report.undeploying:
+                if any((report.rescued, report.dispatched, report.gave_up,
+                        report.undeploying, report.delivering)):
                     log.info("scheduler.tick", rescued=report.rescued,
                              dispatched=report.dispatched, gave_up=report.gave_up,
-                             undeploying=report.undeploying)
+                             undeploying=report.undeploying, delivering=report.delivering)
             except sa.exc.OperationalError as exc:
                 log.error("scheduler.database_unavailable", error=str(exc).splitlines()[0])
             except Exception:  # a bug must not stop the loop that re-drives every job

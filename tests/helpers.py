@@ -28,7 +28,6 @@ from orchestrator.scheduler import Scheduler
 from orchestrator.specs import JobSpec
 from orchestrator.steps.runner import run_step
 
-
 #: Standard Webhooks secrets for tests (whsec_ + base64 of 32 bytes), and the name they go by.
 SECRET = "whsec_" + base64.b64encode(b"tunectl-test-webhook-secret-0001").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"tunectl-test-webhook-secret-0002").decode()

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from orchestrator.config import STEP_SHARE_OF_LEASE
-from orchestrator.db.models import DEPLOYMENTS, JOBS, Deployment, Job
+from orchestrator.db.models import DELIVERIES, DEPLOYMENTS, JOBS, Deployment, Job, WebhookDelivery
 from orchestrator.db.types import TZDateTime
 
 #: Statements run on a session's connection or on a bare connection (the hot path).
@@ -247,3 +247,107 @@ def release_deployment_lease(db: DB, deployment_id: str, *, lease: str,
         .values(lease_owner=None, lease_expires_at=None, next_run_at=next_run_at,
                 last_error=last_error))
     return bool(result.rowcount)
+
+
+# --- Inbound provider webhooks ----------------------------------------------------------------
+
+_CLAIM_JOB_NOW = """
+    UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until, next_run_at = :now
+    WHERE provider = :provider AND provider_job_id = :provider_job_id
+      AND lease_owner IS NULL AND state IN :states
+    RETURNING id, state
+"""
+
+
+def claim_job_now(db: DB, *, provider: str, provider_job_id: str, states: Collection[str],
+                  owner: str, now: datetime, until: datetime) -> list[tuple[str, str]]:
+    """Lease the job of provider job ``provider_job_id`` to ``owner`` at once, if it is
+    unleased and in one of ``states``: a provider said the job changed, so its step should
+    run now rather than at its next poll. Served by ix_jobs_provider_job.
+
+    Returns (job id, state) of the job claimed (none if a step holds it, or no such job).
+    """
+    stmt = sa.text(_CLAIM_JOB_NOW).bindparams(
+        sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime()),
+        sa.bindparam("states", expanding=True))
+    rows = connection(db).execute(stmt, {
+        "owner": owner, "until": until, "now": now, "provider": provider,
+        "provider_job_id": provider_job_id, "states": list(states)})
+    return [(r[0], r[1]) for r in rows]
+
+
+# --- Webhook deliveries -----------------------------------------------------------------------
+
+_CLAIM_DUE_DELIVERIES = {
+    # Served by the partial index ix_webhook_deliveries_due (next_attempt_at, id) WHERE
+    # status = 'pending' AND lease_owner IS NULL; MATERIALIZED as for jobs.
+    "postgresql": """
+        WITH due AS MATERIALIZED (
+            SELECT id FROM webhook_deliveries
+            WHERE status = 'pending' AND lease_owner IS NULL AND next_attempt_at <= :now
+            ORDER BY next_attempt_at, id
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE webhook_deliveries SET lease_owner = :owner, lease_expires_at = :until
+        WHERE id IN (SELECT id FROM due)
+        RETURNING id
+    """,
+    "sqlite": """
+        UPDATE webhook_deliveries SET lease_owner = :owner, lease_expires_at = :until
+        WHERE id IN (
+            SELECT id FROM webhook_deliveries
+            WHERE status = 'pending' AND lease_owner IS NULL AND next_attempt_at <= :now
+            ORDER BY next_attempt_at, id
+            LIMIT :limit
+        )
+        RETURNING id
+    """,
+}
+
+_RESCUE_EXPIRED_DELIVERY_LEASES = """
+    UPDATE webhook_deliveries SET lease_owner = NULL, lease_expires_at = NULL,
+        last_error = 'the lease of ' || lease_owner || ' expired before its attempt finished'
+            || ' (worker lost or task message lost)'
+    WHERE lease_owner IS NOT NULL AND lease_expires_at < :now
+    RETURNING id, attempts
+"""
+
+
+def claim_due_deliveries(db: DB, *, owner: str, now: datetime, until: datetime,
+                         limit: int) -> list[str]:
+    """Lease up to ``limit`` pending webhook deliveries whose next attempt is due to
+    ``owner``; returns their ids (each is also its event's webhook-id)."""
+    stmt = sa.text(_CLAIM_DUE_DELIVERIES[connection(db).dialect.name]).bindparams(
+        sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime()))
+    rows = connection(db).execute(
+        stmt, {"now": now, "until": until, "owner": owner, "limit": limit})
+    return [r[0] for r in rows]
+
+
+def rescue_expired_delivery_leases(db: DB, *, now: datetime) -> list[tuple[str, int]]:
+    """Free the delivery leases that expired (the attempt's worker died or its message was
+    lost), served by ix_webhook_deliveries_leased; the delivery is claimable again at once.
+    Returns (delivery id, attempts) of each."""
+    stmt = sa.text(_RESCUE_EXPIRED_DELIVERY_LEASES).bindparams(
+        sa.bindparam("now", type_=TZDateTime()))
+    return [(r[0], r[1]) for r in connection(db).execute(stmt, {"now": now})]
+
+
+def take_up_delivery(db: DB, delivery_id: str, *, lease: str, now: datetime,
+                     lease_s: float) -> WebhookDelivery | None:
+    """Start an attempt: the delivery, if ``lease`` still holds it, pending and unlapsed
+    (counting the attempt and renewing a lease that waited in the broker); None for a
+    stale or duplicate message."""
+    renew_before = now + timedelta(seconds=lease_s * STEP_SHARE_OF_LEASE)
+    expires = DELIVERIES.c.lease_expires_at
+    row = connection(db).execute(
+        sa.update(DELIVERIES)
+        .where(DELIVERIES.c.id == delivery_id, DELIVERIES.c.lease_owner == lease,
+               expires > now, DELIVERIES.c.status == "pending")
+        .values(attempts=DELIVERIES.c.attempts + 1, updated_at=now,
+                lease_expires_at=sa.case((expires < renew_before,
+                                          now + timedelta(seconds=lease_s)), else_=expires))
+        .returning(*DELIVERIES.c)
+    ).one_or_none()
+    return None if row is None else WebhookDelivery(**row._mapping)
