@@ -13,11 +13,13 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from orchestrator.blobs import BlobStore
+from orchestrator.config import get_settings
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Job, JobTransition
 from orchestrator.db.transition import insert_job, transition
 from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import IdempotencyConflict, JobNotFound, StaleTransition, UserError
+from orchestrator.notify import outbox
 from orchestrator.specs import JobSpec, checked_plugin
 from orchestrator.states import CANCEL_DIRECTLY, CANCEL_REMOTELY, TERMINAL, State
 
@@ -32,13 +34,15 @@ class Submitted:
 
 def submit(engine: sa.Engine, blobs: BlobStore, spec: JobSpec, *, source: str,
            now: datetime | None = None) -> Submitted:
-    """Check ``spec`` against its provider, store its datasets, and queue the job.
+    """Check ``spec`` against its provider (and its webhook targets), store its datasets,
+    and queue the job.
 
     Datasets are copied into the blob store first (content-addressed, so a copy left by a
     failed submit is harmless), then the job and its first history row are inserted in one
     transaction.
     """
     checked_plugin(spec, source)
+    outbox.check_targets(spec.notify, get_settings(), source)
     training_blob = blobs.put_file(spec.training_file)
     validation_blob = blobs.put_file(spec.validation_file) if spec.validation_file else None
     # A field added after jobs were stored is left out while unset, so a spec submitted

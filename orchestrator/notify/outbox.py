@@ -23,9 +23,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from orchestrator.config import DEFAULT_WEBHOOK_SECRET, get_settings
+from orchestrator.config import DEFAULT_WEBHOOK_SECRET, Settings, get_settings
 from orchestrator.db.models import DELIVERIES, ENDPOINTS, JOBS
 from orchestrator.db.types import new_id
+from orchestrator.errors import DestinationRefused, MissingCredential, SpecError
+from orchestrator.notify import ssrf
+from orchestrator.specs import NotifyTarget
 from orchestrator.states import State
 
 #: A delivery sent right after its transaction commits: (delivery id, lease token).
@@ -70,6 +73,24 @@ def event_type(events: Sequence[str], kinds: Sequence[str], target: State) -> st
         if kind in events:
             return f"job.{kind}"
     return None
+
+
+def check_targets(targets: Sequence[NotifyTarget], settings: Settings, source: str) -> None:
+    """Refuse, when a job is submitted, a target that could never be delivered: a URL the
+    SSRF guard refuses without looking up its host, or a signing secret that is not set.
+
+    Raises:
+        SpecError: naming the target's field.
+    """
+    for i, target in enumerate(targets):
+        try:
+            ssrf.check_literal(target.url, settings.webhook_allow_networks)
+        except DestinationRefused as exc:
+            raise SpecError(source, f"notify.{i}.url", str(exc)) from None
+        try:
+            settings.webhook_secrets(target.secret or DEFAULT_WEBHOOK_SECRET)
+        except MissingCredential as exc:
+            raise SpecError(source, f"notify.{i}.secret", str(exc)) from None
 
 
 def endpoint_id(url: str) -> str:

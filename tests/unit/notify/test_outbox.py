@@ -12,14 +12,17 @@ import jsonschema
 import pytest
 import sqlalchemy as sa
 
+from orchestrator import jobs as job_ops
+from orchestrator.blobs import BlobStore
+from orchestrator.config import Settings
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Job
 from orchestrator.db.transition import insert_job, transition
 from orchestrator.db.types import new_id
-from orchestrator.errors import StaleTransition
+from orchestrator.errors import SpecError, StaleTransition
 from orchestrator.notify.outbox import endpoint_id
 from orchestrator.states import State
-from tests.helpers import SECRET, SECRET_NAME
+from tests.helpers import SECRET, SECRET_NAME, make_spec
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 SCHEMA = json.loads((Path(__file__).parents[3] / "docs" / "webhook-payload.schema.json")
@@ -205,3 +208,32 @@ class TestSameTransaction:
                 dump = repr(conn.exec_driver_sql(f"SELECT * FROM {table}").all())
                 assert SECRET not in dump and SECRET.removeprefix("whsec_") not in dump
         assert {r.secret_name for r in deliveries(engine)} == {SECRET_NAME}
+
+
+class TestCheckedAtSubmit:
+    @pytest.mark.parametrize(("notify", "expected"), [
+        pytest.param({"url": "http://169.254.169.254/latest"},
+                     "s.yaml: notify.0.url: 'http://169.254.169.254/latest' points at "
+                     "169.254.169.254 (a cloud metadata service); webhooks go only to public "
+                     "addresses (see TUNECTL_WEBHOOK_ALLOW_NETWORKS)", id="metadata-url"),
+        pytest.param({"url": HOOK, "secret": "NOBODY_SET_THIS"},
+                     "s.yaml: notify.0.secret: webhook secret NOBODY_SET_THIS is not set; "
+                     "export it or set NOBODY_SET_THIS_FILE to a file holding whsec_ followed "
+                     "by the base64 of 24 to 64 random bytes (several separated by spaces "
+                     "while a secret is rotated)", id="secret-not-set"),
+        pytest.param({"url": HOOK}, "s.yaml: notify.0.secret: webhook secret "
+                     "TUNECTL_WEBHOOK_SECRET is not set", id="default-secret-not-set"),
+        pytest.param({"url": HOOK, "secret": "OPENAI_API_KEY"},
+                     "s.yaml: notify.0.secret: webhook secret OPENAI_API_KEY must be whsec_ "
+                     "followed by the base64", id="not-a-webhook-secret"),
+    ])
+    def test_a_target_that_could_never_be_delivered_is_a_spec_error(
+            self, settings: Settings, engine: sa.Engine, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch, notify: dict[str, Any], expected: str) -> None:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-not-a-webhook-secret-123456")
+        spec = make_spec(tmp_path, notify=[notify])
+        with pytest.raises(SpecError) as raised:
+            job_ops.submit(engine, BlobStore(settings.blob_dir), spec, source="s.yaml")
+        assert str(raised.value).startswith(expected)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one() == 0
