@@ -3,7 +3,8 @@
 Every provider offers ``ProviderPlugin`` / ``ProviderClient``. A provider whose tuned models
 serve only once deployed (DashScope) also sets ``deploys = True`` on its plugin and gives
 clients that implement ``Deployer``; the engine deploys only for such a provider, so
-providers without deployments need nothing.
+providers without deployments need nothing. A provider that sends signed webhooks about its
+jobs (OpenAI) has a plugin that is also a ``WebhookSource``.
 """
 
 from __future__ import annotations
@@ -213,3 +214,32 @@ def deployer(client: ProviderClient) -> Deployer:
     if not isinstance(client, Deployer):
         raise TypeError(f"{type(client).__name__} cannot deploy tuned models")
     return client
+
+
+# --- Inbound webhooks (optional) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProviderWebhook:
+    """A webhook a provider sent, verified."""
+
+    #: The provider's id for the delivery (its ``webhook-id``), for logs.
+    event_id: str
+    #: The provider's event type (``fine_tuning.job.succeeded`` …).
+    event_type: str
+    #: The provider job it is about; None for an event tunectl does not act on.
+    provider_job_id: str | None
+
+
+@runtime_checkable
+class WebhookSource(Protocol):
+    """A provider plugin whose provider sends signed webhooks about its jobs."""
+
+    def verify_webhook(self, settings: Settings, body: bytes,
+                       headers: Mapping[str, str]) -> ProviderWebhook:
+        """Verify one webhook request (``headers`` with lower-case names) and read it.
+
+        Raises:
+            WebhookRejected: unsigned, stale or wrongly signed.
+            MissingCredential: no signing secret is configured.
+        """

@@ -1,0 +1,1 @@
+"""tunectl's HTTP API: the app (app.py) and its routers."""
