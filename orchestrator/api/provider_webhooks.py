@@ -1,13 +1,14 @@
 """Inbound provider webhooks: ``POST /webhooks/{provider}`` (OpenAI today).
 
 A provider that signs webhooks about its jobs (its plugin is a ``WebhookSource``) says here
-that a job ended; tunectl then polls that job at once instead of at its next poll. The
-webhook is only a wake-up: the poll step asks the provider and records what it says, so a
+that a job ended; tunectl then polls that job at once instead of at its next poll (if a
+step holds the job right now, that step runs again as soon as it ends). The webhook is only
+a wake-up: the poll step asks the provider and records what it says, so a
 forged or replayed webhook could at most cause one extra poll, and a lost one costs one
 poll interval. A request is verified before anything happens: unsigned, stale or wrongly
 signed ones get 401 and change nothing.
 
-Answers: 200 (verified; the jobs polled now, if any), 401 (not verified), 404 (no such
+Answers: 200 (verified; ``jobs``: the jobs polled now, if any), 401 (not verified), 404 (no such
 provider, or it sends no webhooks), 413 (body over 64 KiB), 503 (no signing secret set).
 """
 
@@ -102,22 +103,25 @@ def receive(provider: str, body: bytes, headers: Mapping[str, str], settings: Se
     except WebhookRejected as exc:
         log.warning("webhook_in.rejected", provider=provider, error=str(exc))
         return _answer(401, error=str(exc))
-    polled: list[str] = []
+    poked: list[queries.Poked] = []
     if hook.provider_job_id is not None:
         now = utcnow()
         lease = new_id("lease")
         with engine.begin() as conn:
-            claimed = queries.claim_job_now(
+            poked = queries.poke_jobs(
                 conn, provider=provider, provider_job_id=hook.provider_job_id, states=POKED,
                 owner=lease, now=now, until=now + timedelta(seconds=settings.lease_s))
-        for job_id, state in claimed:
+        for job in poked:
+            if not job.claimed:
+                continue  # its step runs again as soon as it gives the lease back
             try:
-                dispatch(STEP_FOR_STATE[State(state)], job_id, lease)
+                dispatch(STEP_FOR_STATE[State(job.state)], job.id, lease)
             except Exception as exc:  # the broker is down: the scheduler sends it instead
-                log.warning("webhook_in.dispatch_failed", job_id=job_id, error=str(exc))
+                log.warning("webhook_in.dispatch_failed", job_id=job.id, error=str(exc))
                 with engine.begin() as conn:
-                    queries.release_lease(conn, job_id, lease=lease, next_run_at=now)
-            polled.append(job_id)
+                    queries.release_lease(conn, job.id, lease=lease, next_run_at=now)
+    jobs = [job.id for job in poked]
     log.info("webhook_in.received", provider=provider, event_id=hook.event_id,
-             event_type=hook.event_type, provider_job_id=hook.provider_job_id, polled=polled)
-    return _answer(200, received=True, event_type=hook.event_type, jobs=polled)
+             event_type=hook.event_type, provider_job_id=hook.provider_job_id, polled=jobs,
+             held_by_a_step=[job.id for job in poked if not job.claimed])
+    return _answer(200, received=True, event_type=hook.event_type, jobs=jobs)

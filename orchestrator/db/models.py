@@ -101,6 +101,9 @@ class Job(SQLModel, table=True):
     next_run_at: datetime | None = _tz(default=None)
     lease_owner: str | None = Field(default=None, max_length=80)
     lease_expires_at: datetime | None = _tz(default=None)
+    #: When a provider said (by webhook) that the job changed while a step held it: the
+    #: step runs again as soon as it gives the lease back.
+    poked_at: datetime | None = _tz(default=None)
     attempts: int = 0
     last_error: str | None = None
 

@@ -60,6 +60,15 @@ _RESCUE_EXPIRED_LEASES = """
 
 
 @dataclass(frozen=True)
+class Released:
+    """A lease given back."""
+
+    #: A provider said the job changed while the lease was held (``poke_jobs``): its step
+    #: should run again now (``claim_job``) rather than at ``next_run_at``.
+    poked: bool
+
+
+@dataclass(frozen=True)
 class Claimed:
     """A job the caller now holds the lease of."""
 
@@ -139,8 +148,8 @@ def release_lease(
     attempts: int | None = None,
     last_error: str | None = None,
     provider_status: str | None = None,
-) -> bool:
-    """Give the lease back and set when the job is next due; False if the lease was lost
+) -> Released | None:
+    """Give the lease back and set when the job is next due; None if the lease was lost
     (or, with ``version``, if the job changed meanwhile: a cancel landed).
 
     Lease tokens are unique per claim and a rescue clears the lease, so a step whose job
@@ -155,8 +164,10 @@ def release_lease(
     guard = [JOBS.c.id == job_id, JOBS.c.lease_owner == lease]
     if version is not None:
         guard.append(JOBS.c.version == version)
-    result = connection(db).execute(sa.update(JOBS).where(*guard).values(**values))
-    return bool(result.rowcount)
+    row = connection(db).execute(
+        sa.update(JOBS).where(*guard).values(**values).returning(JOBS.c.poked_at)
+    ).one_or_none()
+    return None if row is None else Released(poked=row[0] is not None)
 
 
 # --- Deployments ------------------------------------------------------------------------------
@@ -251,29 +262,63 @@ def release_deployment_lease(db: DB, deployment_id: str, *, lease: str,
 
 # --- Inbound provider webhooks ----------------------------------------------------------------
 
-_CLAIM_JOB_NOW = """
-    UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until, next_run_at = :now
-    WHERE provider = :provider AND provider_job_id = :provider_job_id
-      AND lease_owner IS NULL AND state IN :states
-    RETURNING id, state
+# SET expressions all read the row as it was, so each CASE sees the lease before the UPDATE.
+_POKE_JOBS = """
+    UPDATE jobs SET
+        lease_owner = CASE WHEN lease_owner IS NULL THEN :owner ELSE lease_owner END,
+        lease_expires_at = CASE WHEN lease_owner IS NULL THEN :until ELSE lease_expires_at END,
+        next_run_at = CASE WHEN lease_owner IS NULL THEN :now ELSE next_run_at END,
+        poked_at = CASE WHEN lease_owner IS NULL THEN NULL ELSE :now END
+    WHERE provider = :provider AND provider_job_id = :provider_job_id AND state IN :states
+    RETURNING id, state, lease_owner = :owner
+"""
+
+_CLAIM_JOB = """
+    UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until, next_run_at = :now,
+        poked_at = NULL
+    WHERE id = :id AND lease_owner IS NULL AND next_run_at IS NOT NULL
+    RETURNING state
 """
 
 
-def claim_job_now(db: DB, *, provider: str, provider_job_id: str, states: Collection[str],
-                  owner: str, now: datetime, until: datetime) -> list[tuple[str, str]]:
-    """Lease the job of provider job ``provider_job_id`` to ``owner`` at once, if it is
-    unleased and in one of ``states``: a provider said the job changed, so its step should
-    run now rather than at its next poll. Served by ix_jobs_provider_job.
+@dataclass(frozen=True)
+class Poked:
+    """A job a provider said changed."""
 
-    Returns (job id, state) of the job claimed (none if a step holds it, or no such job).
+    id: str
+    state: str
+    #: True: leased to the caller, who sends its step now; False: a step holds it, and
+    #: runs again as soon as it gives the lease back.
+    claimed: bool
+
+
+def poke_jobs(db: DB, *, provider: str, provider_job_id: str, states: Collection[str],
+              owner: str, now: datetime, until: datetime) -> list[Poked]:
+    """A provider said its job ``provider_job_id`` changed: the tunectl job in one of
+    ``states`` should look now rather than at its next poll. An unleased job is leased to
+    ``owner`` at once; a leased one is marked poked (``jobs.poked_at``), so that the step
+    holding it, which may have asked the provider a moment too early, runs again when it
+    gives the lease back (``release_lease`` says so). Served by ix_jobs_provider_job.
     """
-    stmt = sa.text(_CLAIM_JOB_NOW).bindparams(
+    stmt = sa.text(_POKE_JOBS).bindparams(
         sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime()),
         sa.bindparam("states", expanding=True))
     rows = connection(db).execute(stmt, {
         "owner": owner, "until": until, "now": now, "provider": provider,
         "provider_job_id": provider_job_id, "states": list(states)})
-    return [(r[0], r[1]) for r in rows]
+    return [Poked(r[0], r[1], bool(r[2])) for r in rows]
+
+
+def claim_job(db: DB, job_id: str, *, owner: str, now: datetime,
+              until: datetime) -> str | None:
+    """Lease one unleased, non-terminal job to ``owner`` at once, clearing its poke (it was
+    poked while a step held it); returns its state, None if someone else has it or it
+    ended."""
+    stmt = sa.text(_CLAIM_JOB).bindparams(
+        sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime()))
+    found = connection(db).execute(
+        stmt, {"id": job_id, "owner": owner, "now": now, "until": until}).scalar_one_or_none()
+    return None if found is None else str(found)
 
 
 # --- Webhook deliveries -----------------------------------------------------------------------

@@ -78,7 +78,7 @@ def transition(
     values: dict[str, Any] = {**fields, "state": target.value, "version": JOBS.c.version + 1,
                               "updated_at": now}
     if target in TERMINAL:
-        values.update(next_run_at=None, lease_owner=None, lease_expires_at=None)
+        values.update(next_run_at=None, lease_owner=None, lease_expires_at=None, poked_at=None)
         if source not in TERMINAL:  # a deployment event on a finished job keeps finished_at
             values["finished_at"] = now
     elif source in TERMINAL:  # `tunectl deploy` re-opens a finished job

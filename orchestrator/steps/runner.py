@@ -171,30 +171,34 @@ def _apply(job: Job, lease: str, outcome: Outcome | Retry, settings: Settings,
     later = now + timedelta(seconds=outcome.delay_s)
     done = f"retry in {outcome.delay_s:.0f}s" if isinstance(outcome, Retry) else "waiting"
     wake: list[Wake] = []
+    released: queries.Released | None
     try:
         with engine.begin() as conn:
             if isinstance(outcome, Retry):
-                held = queries.release_lease(conn, job.id, lease=lease, version=job.version,
-                                             next_run_at=later, last_error=outcome.error)
-            elif (outcome.provider_status and outcome.provider_status != job.provider_status
-                    and can_move(state, state)):
-                transition(conn, job.id, source=state, target=state, version=job.version,
-                           reason=f"provider status {outcome.provider_status}",
-                           provider_status=outcome.provider_status, next_run_at=later,
-                           lease_owner=None, lease_expires_at=None, attempts=0,
-                           last_error=None, now=now, lease=lease, wake=wake)
-                held = True
+                released = queries.release_lease(conn, job.id, lease=lease,
+                                                 version=job.version, next_run_at=later,
+                                                 last_error=outcome.error)
             else:
-                held = queries.release_lease(
-                    conn, job.id, lease=lease, version=job.version, next_run_at=later,
+                version = job.version
+                if (outcome.provider_status and outcome.provider_status != job.provider_status
+                        and can_move(state, state)):
+                    version = transition(conn, job.id, source=state, target=state,
+                                         version=version, now=now, lease=lease, wake=wake,
+                                         reason=f"provider status {outcome.provider_status}",
+                                         provider_status=outcome.provider_status)
+                released = queries.release_lease(
+                    conn, job.id, lease=lease, version=version, next_run_at=later,
                     attempts=0, provider_status=outcome.provider_status or job.provider_status)
     except StaleTransition:
-        held = False
-    if held:
-        deliver.send_now(engine, dispatch, wake, now)
-        return done
-    _hand_back(engine, job.id, lease, now)
-    return "stale"
+        released = None
+    if released is None:
+        _hand_back(engine, job.id, lease, now)
+        return "stale"
+    deliver.send_now(engine, dispatch, wake, now)
+    if released.poked:  # a provider's webhook said the job changed while this step asked
+        _rerun(engine, job.id, settings, dispatch, now)
+        return f"{done}; poked, so running again now"
+    return done
 
 
 def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Settings,
@@ -225,6 +229,23 @@ def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Set
             log.warning("step.dispatch_failed", next_step=step, error=str(exc))
             _hand_back(engine, job.id, next_lease, now)
     return outcome.target.value
+
+
+def _rerun(engine: sa.Engine, job_id: str, settings: Settings, dispatch: Dispatch,
+           now: datetime) -> None:
+    """Claim the job again at once and send its step (unless someone else has it)."""
+    lease = new_id("lease")
+    with engine.begin() as conn:
+        state = queries.claim_job(conn, job_id, owner=lease, now=now,
+                                  until=now + timedelta(seconds=settings.lease_s))
+    if state is None:
+        return
+    step = STEP_FOR_STATE[State(state)]
+    try:
+        dispatch(step, job_id, lease)
+    except Exception as exc:  # the broker is down: the scheduler sends it instead
+        log.warning("step.dispatch_failed", next_step=step, error=str(exc))
+        _hand_back(engine, job_id, lease, now)
 
 
 def _hand_back(engine: sa.Engine, job_id: str, lease: str, now: datetime) -> None:

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from orchestrator.api import provider_webhooks
 from orchestrator.api.app import create_app
 from orchestrator.config import Settings
-from orchestrator.db.models import Job
+from orchestrator.db.models import JOBS, Job
 from orchestrator.notify.sign import signed_headers
 from orchestrator.providers.openai.emulator import Scenario
 from tests.helpers import OTHER_SECRET, SECRET, Clock, Pump, in_process_emulator, make_spec
@@ -91,17 +91,31 @@ class TestVerified:
         pump.run_sent()
         assert pump.job(training.id).state == "succeeded"
 
-    def test_a_job_whose_step_is_running_is_left_to_it(self, api: TestClient, pump: Pump,
-                                                       training: Job, engine: sa.Engine) -> None:
-        with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE jobs SET lease_owner = 'lease_busy', "
-                                 "lease_expires_at = next_run_at WHERE id = :id"),
-                         {"id": training.id})
+    def test_a_poll_running_when_the_webhook_comes_runs_again_at_once(
+            self, api: TestClient, pump: Pump, clock: Clock, training: Job,
+            engine: sa.Engine) -> None:
+        """The poll that holds the job may have asked a moment before the job ended: the
+        job is marked poked, and that poll's end sends the step again instead of waiting
+        an hour."""
+        with engine.begin() as conn:  # its poll is due now: the scheduler sends it
+            conn.execute(sa.update(JOBS).where(JOBS.c.id == training.id)
+                         .values(next_run_at=clock()))
+        pump.scheduler().tick()
+        [(_, _, lease)] = pump.sent
 
         answer = post(api, event(training.provider_job_id or ""))
 
-        assert (answer.status_code, answer.json()["jobs"], pump.sent) == (200, [], [])
-        assert pump.job(training.id).lease_owner == "lease_busy"
+        assert (answer.status_code, answer.json()["jobs"]) == (200, [training.id])
+        assert len(pump.sent) == 1 and pump.job(training.id).lease_owner == lease
+        assert pump.job(training.id).poked_at is not None
+        assert pump.run_sent(limit=1) == ["waiting; poked, so running again now"]
+        [(step, job_id, again)] = pump.sent
+        assert (step, job_id) == ("poll", training.id) and again != lease
+        job = pump.job(training.id)
+        assert (job.lease_owner, job.poked_at) == (again, None)
+        clock.advance(40)  # the job has ended by the time the second poll asks
+        pump.run_sent()
+        assert pump.job(training.id).state == "succeeded"
 
     @pytest.mark.parametrize("body", [
         pytest.param({"id": "evt_2", "object": "event", "created_at": 1,

@@ -1,5 +1,6 @@
-"""Webhook notifications: endpoints, the outbox of deliveries, every delivery attempt; and
-an index to find a job by its provider job id (inbound provider webhooks).
+"""Webhook notifications: endpoints, the outbox of deliveries, every delivery attempt; and,
+for inbound provider webhooks, an index to find a job by its provider job id and
+jobs.poked_at.
 
 Revision ID: 0005
 Revises: 0004
@@ -118,6 +119,7 @@ def upgrade() -> None:
                               ["endpoint_id", "started_at"], unique=False)
 
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("poked_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index("ix_jobs_provider_job", ["provider", "provider_job_id"],
                               unique=False)
 
@@ -125,6 +127,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_jobs_provider_job")
+        batch_op.drop_column("poked_at")
     op.drop_table("webhook_attempts")
     op.drop_table("webhook_deliveries")
     op.drop_table("webhook_endpoints")
