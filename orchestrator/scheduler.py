@@ -9,6 +9,7 @@ the step again. Any number of schedulers may run; the claim never hands a job to
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,8 @@ from orchestrator.steps import UNDEPLOY
 from orchestrator.steps.runner import Dispatch
 
 log = structlog.get_logger("tunectl.scheduler")
+#: The shortest pause between ticks, however soon the next job falls due.
+MIN_PAUSE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,13 @@ class Scheduler:
                  now: Callable[[], datetime] = utcnow) -> None:
         self.settings, self.engine, self.dispatch, self.now = settings, engine, dispatch, now
 
-    def tick(self) -> TickReport:
-        """Rescue expired leases, claim and dispatch due jobs in batches, then the
-        deployments that must be deleted and the webhook deliveries that are due."""
+    def tick(self, *, jobs_only: bool = False) -> TickReport:
+        """Rescue expired leases, claim and dispatch due jobs in batches, then (unless
+        ``jobs_only``) the deployments that must be deleted and the webhook deliveries that
+        are due."""
         report = self._jobs()
+        if jobs_only:
+            return report
         counts = []
         for name, duty in (("deployments", self._deployments), ("deliveries", self._deliveries)):
             try:
@@ -164,12 +170,29 @@ class Scheduler:
         deliver.send_now(self.engine, self.dispatch, wake, now)
         return 1
 
+    def pause(self) -> float:
+        """Seconds until the next tick: ``scheduler_tick_s``, or less when a job falls due
+        sooner, so that a poll is sent when it is due rather than up to a tick later (never
+        less than MIN_PAUSE_S)."""
+        tick = self.settings.scheduler_tick_s
+        with self.engine.connect() as conn:
+            due = queries.next_due(conn)
+        if due is None:
+            return tick
+        return min(tick, max(MIN_PAUSE_S, (due - self.now()).total_seconds()))
+
     def run(self, stop: threading.Event) -> None:
-        """Tick every ``scheduler_tick_s`` until ``stop`` is set."""
+        """Tick every ``scheduler_tick_s`` (sooner when a job falls due sooner) until
+        ``stop`` is set."""
         log.info("scheduler.started", tick_s=self.settings.scheduler_tick_s)
+        next_tick = 0.0
         while not stop.is_set():
+            # Between whole ticks, a wake-up for a job falling due only sends due jobs.
+            whole = time.monotonic() >= next_tick
+            if whole:
+                next_tick = time.monotonic() + self.settings.scheduler_tick_s
             try:
-                report = self.tick()
+                report = self.tick(jobs_only=not whole)
                 if any((report.rescued, report.dispatched, report.gave_up,
                         report.undeploying, report.delivering)):
                     log.info("scheduler.tick", rescued=report.rescued,
@@ -179,5 +202,9 @@ class Scheduler:
                 log.error("scheduler.database_unavailable", error=str(exc).splitlines()[0])
             except Exception:  # a bug must not stop the loop that re-drives every job
                 log.exception("scheduler.tick_failed")
-            stop.wait(self.settings.scheduler_tick_s)
+            try:
+                pause = self.pause()
+            except sa.exc.SQLAlchemyError:
+                pause = self.settings.scheduler_tick_s
+            stop.wait(pause)
         log.info("scheduler.stopped")

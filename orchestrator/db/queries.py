@@ -103,6 +103,19 @@ def claim_due_jobs(
     return [Claimed(*row) for row in rows]
 
 
+_NEXT_DUE = """
+    SELECT min(next_run_at) FROM jobs WHERE lease_owner IS NULL AND next_run_at IS NOT NULL
+"""
+
+
+def next_due(db: DB) -> datetime | None:
+    """When the next unleased job falls due (the scheduler sleeps until then, at most a
+    tick). Served by the partial index ix_jobs_due."""
+    stmt = sa.text(_NEXT_DUE).columns(sa.column("due", TZDateTime()))
+    value: datetime | None = connection(db).execute(stmt).scalar_one()
+    return value
+
+
 def rescue_expired_leases(db: DB, *, now: datetime) -> list[tuple[str, str, int]]:
     """Free the leases that expired (their holder died or its message was lost).
 
