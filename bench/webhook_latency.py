@@ -34,11 +34,9 @@ import base64
 import json
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -50,8 +48,11 @@ from _support import (
     VENV_BIN,
     Child,
     free_port,
-    temp_postgres_database,
+    run_in_temp_dir,
+    stack_urls,
     tunectl_argv,
+    wait_http,
+    write_spec,
 )
 
 API_KEY = "sk-bench-0123456789"
@@ -96,20 +97,8 @@ def percentile(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]:
     from orchestrator.notify.receiver import Receiver
 
-    if args.stack == "production":
-        database_url = stack.enter_context(temp_postgres_database(args.pg_url))
-        broker_url = args.redis_url
-        import redis
-
-        def flush() -> None:
-            with redis.Redis.from_url(broker_url) as client:
-                client.flushdb()
-
-        flush()
-        stack.callback(flush)
-    else:
-        database_url = f"sqlite:///{tmp / 'tunectl.db'}"
-        broker_url = f"sqla+sqlite:///{tmp / 'broker.db'}"
+    database_url, broker_url = stack_urls(args.stack, tmp, stack, pg_url=args.pg_url,
+                                          redis_url=args.redis_url)
     receiver_secret, openai_secret = whsec(), whsec()
     receiver = stack.enter_context(Receiver(receiver_secret))
     port, api_port = free_port(), free_port()
@@ -140,12 +129,11 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]
     start("emulator", tunectl_argv("emulator", "--port", str(port)))
     admin = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     stack.callback(admin.close)
-    wait_http(admin, "/_emulator/stats", deadline)
+    wait_http(f"http://127.0.0.1:{port}/_emulator/stats", deadline)
     subprocess.run(tunectl_argv("db", "upgrade"), env=env, check=True,
                    stdout=subprocess.DEVNULL)
     start("api", tunectl_argv("api", "--port", str(api_port)))
-    with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=5) as api:
-        wait_http(api, "/healthz", deadline)
+    wait_http(f"http://127.0.0.1:{api_port}/healthz", deadline)
     start("worker", tunectl_argv("worker", "--pool", "prefork",
                                  "--concurrency", str(args.concurrency)))
     start("scheduler", tunectl_argv("scheduler"))
@@ -158,7 +146,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]
 
     engine = make_engine(database_url)
     stack.callback(engine.dispose)
-    spec = load_spec(write_dataset(tmp))
+    spec = load_spec(write_spec(tmp, "latency"))
     blobs = BlobStore(tmp / "data" / "blobs")
     figures: dict[str, Any] = {"database_url": database_url, "broker_url": broker_url}
     for mode, hooks in (("inbound webhooks", True), ("polling only", False)):
@@ -204,30 +192,6 @@ def measure(engine: Any, admin: httpx.Client, receiver: Any, ids: list[str], fir
     return {"latencies": latencies, "duplicates": duplicates}
 
 
-def write_dataset(directory: Path) -> Path:
-    lines = [json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
-                                      {"role": "assistant", "content": f"answer {i}"}]})
-             for i in range(12)]
-    dataset = directory / "train.jsonl"
-    dataset.write_text("\n".join(lines) + "\n")
-    spec = directory / "bench.json"
-    spec.write_text(json.dumps({"name": "latency", "provider": "openai",
-                                "base_model": "gpt-4o-mini-2024-07-18",
-                                "training_file": dataset.name}))
-    return spec
-
-
-def wait_http(client: httpx.Client, path: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            if client.get(path, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{client.base_url}{path} did not answer")
-
-
 def report(args: argparse.Namespace, f: dict[str, Any]) -> None:
     targets = {"inbound webhooks": 1.0, "polling only": args.poll_interval + 1.0}
     print(f"tunectl webhook latency, stack={args.stack}")
@@ -254,17 +218,7 @@ def report(args: argparse.Namespace, f: dict[str, Any]) -> None:
 
 def main() -> int:
     args = parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="tunectl-bench-"))
-    try:
-        with ExitStack() as stack:
-            figures = run(args, tmp, stack)
-        report(args, figures)
-    finally:
-        if args.keep:
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return run_in_temp_dir(args, run, report)
 
 
 if __name__ == "__main__":

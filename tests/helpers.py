@@ -161,6 +161,34 @@ class Pump:
             return job_ops.history(session, job_id)
 
 
+def hooked_job(engine: sa.Engine, url: str, now: datetime, *, secret: str = SECRET_NAME) -> str:
+    """A job whose one webhook target gets every transition, inserted as submitted: its
+    ``job.queued`` event is written at once. Returns that event's id (its delivery id)."""
+    from orchestrator.db.transition import insert_job
+    from orchestrator.db.types import new_id
+
+    job = Job(id=new_id("job"), name="hooked", provider="openai", base_model="m",
+              method="sft", spec={"notify": [{"url": url, "secret": secret, "events": ["all"]}]},
+              spec_sha256="0" * 64, training_blob="0" * 64)
+    with session_scope(engine) as session:
+        insert_job(session, job, reason="test", now=now)
+    with engine.connect() as conn:
+        return str(conn.execute(sa.text("SELECT id FROM webhook_deliveries WHERE job_id = :j"),
+                                {"j": job.id}).scalar_one())
+
+
+def claim_deliveries(engine: sa.Engine, now: datetime, lease_s: float = 60) -> tuple[str,
+                                                                                     list[str]]:
+    """Claim every due webhook delivery, as the scheduler does: (lease, delivery ids)."""
+    from orchestrator.db import queries
+    from orchestrator.db.types import new_id
+
+    lease = new_id("lease")
+    with engine.begin() as conn:
+        return lease, queries.claim_due_deliveries(
+            conn, owner=lease, now=now, until=now + timedelta(seconds=lease_s), limit=100)
+
+
 @contextmanager
 def serve_in_thread(app: Any) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port; yield its base URL."""

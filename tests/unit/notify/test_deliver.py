@@ -12,15 +12,19 @@ import sqlalchemy as sa
 from openai import OpenAI
 
 from orchestrator.config import Settings
-from orchestrator.db import queries
 from orchestrator.db import webhooks as rows
 from orchestrator.db.engine import session_scope
-from orchestrator.db.models import Job, WebhookAttempt, WebhookDelivery
-from orchestrator.db.transition import insert_job
-from orchestrator.db.types import new_id
+from orchestrator.db.models import WebhookAttempt, WebhookDelivery
 from orchestrator.notify import deliver
 from orchestrator.notify.receiver import Received, Receiver
-from tests.helpers import OTHER_SECRET, SECRET, SECRET_NAME, Clock
+from tests.helpers import (
+    OTHER_SECRET,
+    SECRET,
+    SECRET_NAME,
+    Clock,
+    claim_deliveries,
+    hooked_job,
+)
 from tests.unit.notify.test_ssrf import free_port
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.1/32")]
@@ -59,24 +63,12 @@ def receiver() -> Iterator[Receiver]:
 
 def event_for(engine: sa.Engine, url: str, clock: Clock, secret: str = SECRET_NAME) -> str:
     """A job whose target gets every transition: its queued event is written at once."""
-    job = Job(id=new_id("job"), name="hooked", provider="openai", base_model="m",
-              method="sft", spec={"notify": [{"url": url, "secret": secret,
-                                              "events": ["all"]}]},
-              spec_sha256="0" * 64, training_blob="0" * 64)
-    with session_scope(engine) as session:
-        insert_job(session, job, reason="test", now=clock())
-    with engine.connect() as conn:
-        return str(conn.execute(sa.text("SELECT id FROM webhook_deliveries WHERE job_id = :j"),
-                                {"j": job.id}).scalar_one())
+    return hooked_job(engine, url, clock(), secret=secret)
 
 
 def attempt_due(engine: sa.Engine, settings: Settings, clock: Clock) -> list[str]:
     """Claim every due delivery, as the scheduler does, and run one attempt of each."""
-    lease = new_id("lease")
-    with engine.begin() as conn:
-        claimed = queries.claim_due_deliveries(
-            conn, owner=lease, now=clock(), limit=100,
-            until=clock() + timedelta(seconds=settings.webhook_lease_s))
+    lease, claimed = claim_deliveries(engine, clock(), settings.webhook_lease_s)
     return [deliver.run(d, lease, settings=settings, engine=engine, now=clock) for d in claimed]
 
 
@@ -121,14 +113,7 @@ class TestDelivered:
         monkeypatch.setenv("ROTATING_SECRET", f"{OTHER_SECRET} {SECRET}")
         with Receiver(SECRET) as old, Receiver(OTHER_SECRET) as new:
             event_for(engine, old.url, clock, secret="ROTATING_SECRET")
-            event_for_second = Job(id=new_id("job"), name="second", provider="openai",
-                                   base_model="m", method="sft", spec_sha256="0" * 64,
-                                   training_blob="0" * 64,
-                                   spec={"notify": [{"url": new.url,
-                                                     "secret": "ROTATING_SECRET",
-                                                     "events": ["all"]}]})
-            with session_scope(engine) as session:
-                insert_job(session, event_for_second, reason="test", now=clock())
+            event_for(engine, new.url, clock, secret="ROTATING_SECRET")
 
             assert attempt_due(engine, hook_settings, clock) == ["delivered", "delivered"]
             signature = old.received[0]

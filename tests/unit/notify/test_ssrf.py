@@ -6,21 +6,15 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
-from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from orchestrator.config import Settings
-from orchestrator.db import queries
-from orchestrator.db.engine import session_scope
-from orchestrator.db.models import Job
-from orchestrator.db.transition import insert_job
-from orchestrator.db.types import new_id
 from orchestrator.errors import DestinationRefused
 from orchestrator.notify import deliver, ssrf
 from orchestrator.notify.receiver import Receiver
-from tests.helpers import SECRET, SECRET_NAME, Clock
+from tests.helpers import SECRET, Clock, claim_deliveries, hooked_job
 
 PUBLIC = "93.184.215.14"
 
@@ -103,16 +97,8 @@ class TestRefusedBeforeAnyPacket:
             no_packets: NoPackets, url: str, addresses: list[str] | None) -> None:
         configure()
         clock = Clock()
-        job = Job(id=new_id("job"), name="ssrf", provider="openai", base_model="m",
-                  method="sft", spec={"notify": [{"url": url, "secret": SECRET_NAME,
-                                                  "events": ["all"]}]},
-                  spec_sha256="0" * 64, training_blob="0" * 64)
-        with session_scope(engine) as session:
-            insert_job(session, job, reason="test", now=clock())
-        lease = new_id("lease")
-        with engine.begin() as conn:
-            [delivery_id] = queries.claim_due_deliveries(
-                conn, owner=lease, now=clock(), until=clock() + timedelta(minutes=1), limit=1)
+        hooked_job(engine, url, clock())
+        lease, [delivery_id] = claim_deliveries(engine, clock())
 
         result = deliver.run(delivery_id, lease, settings=settings, engine=engine, now=clock,
                              resolver=answering(addresses))
@@ -177,18 +163,9 @@ class TestConnectsToTheCheckedAddress:
             update={"webhook_allow_networks": [ipaddress.ip_network("127.0.0.1/32")]})
         with Receiver(SECRET) as hook:
             port = hook.url.split(":")[2].split("/")[0]
-            url = f"http://hooks.example.test:{port}/webhooks"
-            job = Job(id=new_id("job"), name="ssrf", provider="openai", base_model="m",
-                      method="sft", spec={"notify": [{"url": url, "secret": SECRET_NAME,
-                                                      "events": ["all"]}]},
-                      spec_sha256="0" * 64, training_blob="0" * 64)
-            with session_scope(engine) as session:
-                insert_job(session, job, reason="test", now=clock())
-            lease = new_id("lease")
-            with engine.begin() as conn:
-                [delivery_id] = queries.claim_due_deliveries(
-                    conn, owner=lease, now=clock(), until=clock() + timedelta(minutes=1),
-                    limit=1)
+            hooked_job(engine, f"http://hooks.example.test:{port}/webhooks", clock())
+            lease, [delivery_id] = claim_deliveries(engine, clock())
+
             assert deliver.run(delivery_id, lease, settings=allowed, engine=engine,
                                now=clock, resolver=rebinding) == "delivered"
 
