@@ -137,6 +137,8 @@ def test_a_receiver_down_for_a_while_gets_every_event_once_it_is_back(hooked: St
         assert payload is not None
         assert (payload["type"], payload["data"]["job"]["id"],
                 payload["data"]["transition"]["seq"]) == (row.event_type, row.job_id, row.seq)
+    for proc in stack.procs.started:  # the signing secret never reaches a log
+        assert SECRET.removeprefix("whsec_") not in proc.output(), proc.name
 
 
 @pytest.mark.timeout(180)
