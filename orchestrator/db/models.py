@@ -354,7 +354,7 @@ class WebhookAttempt(SQLModel, table=True):
     #: (nothing was sent: the SSRF guard or a missing secret).
     outcome: str = Field(max_length=20)
     status_code: int | None = None
-    #: From sending the request to the response's status line; null when nothing was sent.
+    #: From sending the request to the start of the response; null when nothing was sent.
     latency_ms: float | None = None
     error: str | None = None
     #: The start of the response body.
