@@ -3,16 +3,21 @@ their own process groups, and waiting on their logs. Not a benchmark itself."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -41,6 +46,73 @@ def temp_postgres_database(admin_url: str, prefix: str = "tunectl_bench") -> Ite
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+def run_in_temp_dir(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace, Path, contextlib.ExitStack], dict[str, Any]],
+    report: Callable[[argparse.Namespace, dict[str, Any]], None],
+) -> int:
+    """Run a benchmark in a fresh temp directory (kept with ``args.keep``), undo everything
+    it set up, then print its figures."""
+    tmp = Path(tempfile.mkdtemp(prefix="tunectl-bench-"))
+    try:
+        with contextlib.ExitStack() as exits:
+            figures = run(args, tmp, exits)
+        report(args, figures)
+    finally:
+        if args.keep:
+            print(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def stack_urls(stack: str, tmp: Path, exits: contextlib.ExitStack, *, pg_url: str,
+               redis_url: str) -> tuple[str, str]:
+    """(database URL, broker URL) of a bench run: on ``production`` a fresh PostgreSQL
+    database and the Redis DB of ``redis_url`` (flushed before and after); on ``embedded``
+    SQLite files in ``tmp``."""
+    if stack != "production":
+        return f"sqlite:///{tmp / 'tunectl.db'}", f"sqla+sqlite:///{tmp / 'broker.db'}"
+    database_url = exits.enter_context(temp_postgres_database(pg_url))
+    import redis
+
+    def flush() -> None:
+        with redis.Redis.from_url(redis_url) as client:
+            client.flushdb()
+
+    flush()
+    exits.callback(flush)
+    return database_url, redis_url
+
+
+def write_spec(directory: Path, name: str = "bench") -> Path:
+    """An OpenAI job spec and its small, valid dataset (12 examples) in ``directory``."""
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
+                                      {"role": "assistant", "content": f"answer {i}"}]})
+             for i in range(12)]
+    dataset = directory / "train.jsonl"
+    dataset.write_text("\n".join(lines) + "\n")
+    spec = directory / f"{name}.json"
+    spec.write_text(json.dumps({"name": name, "provider": "openai",
+                                "base_model": "gpt-4o-mini-2024-07-18",
+                                "training_file": dataset.name}))
+    return spec
+
+
+def wait_http(url: str, deadline: float) -> None:
+    """Wait until ``url`` answers 200 (until ``deadline``, a monotonic time)."""
+    import httpx
+
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
 
 
 def free_port() -> int:

@@ -32,11 +32,9 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -49,8 +47,11 @@ from _support import (
     VENV_BIN,
     Child,
     free_port,
-    temp_postgres_database,
+    run_in_temp_dir,
+    stack_urls,
     tunectl_argv,
+    wait_http,
+    write_spec,
 )
 
 TASK_LINE = re.compile(r"Task (tunectl\.step\.\w+)\[[^\]]+\] (succeeded|raised|failed|retry)"
@@ -100,19 +101,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def write_dataset(directory: Path) -> Path:
-    lines = [json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
-                                      {"role": "assistant", "content": f"answer {i}"}]})
-             for i in range(12)]
-    dataset = directory / "train.jsonl"
-    dataset.write_text("\n".join(lines) + "\n")
-    spec = directory / "bench.json"
-    spec.write_text(json.dumps({"name": "bench", "provider": "openai",
-                                "base_model": "gpt-4o-mini-2024-07-18",
-                                "training_file": dataset.name}))
-    return spec
-
-
 def log_time(child: Child, event: str) -> datetime:
     """The timestamp of the first JSON log line of ``event``."""
     for line in child.output().splitlines():
@@ -122,20 +110,8 @@ def log_time(child: Child, event: str) -> datetime:
 
 
 def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]:
-    if args.stack == "production":
-        database_url = stack.enter_context(temp_postgres_database(args.pg_url))
-        broker_url = args.redis_url
-        import redis
-
-        def flush() -> None:
-            with redis.Redis.from_url(broker_url) as client:
-                client.flushdb()
-
-        flush()
-        stack.callback(flush)
-    else:
-        database_url = f"sqlite:///{tmp / 'tunectl.db'}"
-        broker_url = f"sqla+sqlite:///{tmp / 'broker.db'}"
+    database_url, broker_url = stack_urls(args.stack, tmp, stack, pg_url=args.pg_url,
+                                          redis_url=args.redis_url)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNECTL_", "OPENAI_"))}
     env.update(
@@ -201,7 +177,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]
     worker.wait_for("ready.")
     engine = make_engine(database_url)
     stack.callback(engine.dispose)
-    spec = load_spec(write_dataset(tmp))
+    spec = load_spec(write_spec(tmp))
     blobs = BlobStore(tmp / "data" / "blobs")
     submit_started = time.perf_counter()
     for _ in range(args.jobs):
@@ -245,19 +221,6 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]
     return figures
 
 
-def wait_http(url: str, deadline: float) -> None:
-    import httpx
-
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
-
-
 def wait_size(path: Path, size: int, deadline: float) -> None:
     """Wait until ``path`` holds ``size`` bytes (one per finished no-op)."""
     while not path.exists() or path.stat().st_size < size:
@@ -272,17 +235,7 @@ def main() -> int:
     if args.noop_worker:
         noop_worker(args.pool, args.concurrency)
         return 0
-    tmp = Path(tempfile.mkdtemp(prefix="tunectl-bench-"))
-    try:
-        with ExitStack() as stack:
-            figures = run(args, tmp, stack)
-        report(args, figures)
-    finally:
-        if args.keep:
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return run_in_temp_dir(args, run, report)
 
 
 def report(args: argparse.Namespace, f: dict[str, Any]) -> None:

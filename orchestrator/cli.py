@@ -21,13 +21,19 @@ from rich.table import Table
 from orchestrator import deployments as deployment_ops
 from orchestrator import jobs as job_ops
 from orchestrator import log
+from orchestrator import webhooks as webhook_ops
 from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings, get_settings
 from orchestrator.datasets.cli import app as dataset_app
 from orchestrator.db import deployments as deployment_rows
 from orchestrator.db.engine import check_migrated, get_engine, session_scope
+from orchestrator.db.models import (
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from orchestrator.db.types import utcnow
-from orchestrator.documents import EventDoc, deployment_json, job_json
+from orchestrator.documents import EventDoc, deployment_json, iso, job_json
 from orchestrator.errors import ProviderError, UserError
 from orchestrator.remote import RemoteApi
 from orchestrator.specs import load_spec
@@ -36,6 +42,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Run LLM fine-tune jobs across providers, durably.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
+webhooks_app = typer.Typer(no_args_is_help=True,
+                           help="Webhook notifications: deliveries, attempts and endpoints.")
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(dataset_app, name="dataset")
 out = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -283,6 +292,112 @@ def _deployments_table(found: list[dict[str, Any]], title: str | None = None) ->
                       d["provider_status"] or "", str(d["capacity"]), _age(d["age_s"]),
                       expires)
     return table
+
+
+def delivery_json(d: WebhookDelivery, url: str) -> dict[str, Any]:
+    """A webhook delivery (one event for one endpoint) as the JSON the CLI prints."""
+    return {
+        "id": d.id, "job_id": d.job_id, "seq": d.seq, "event_type": d.event_type,
+        "endpoint": url, "source": d.source, "secret_name": d.secret_name, "status": d.status,
+        "attempts": d.attempts, "attempt_limit": d.attempt_limit,
+        "next_attempt_at": iso(d.next_attempt_at), "last_status_code": d.last_status_code,
+        "last_error": d.last_error, "created_at": iso(d.created_at),
+        "delivered_at": iso(d.delivered_at), "dead_at": iso(d.dead_at),
+    }
+
+
+def attempt_json(a: WebhookAttempt) -> dict[str, Any]:
+    """One delivery attempt as the JSON the CLI prints."""
+    return {"attempt": a.attempt, "outcome": a.outcome, "status_code": a.status_code,
+            "latency_ms": a.latency_ms, "error": a.error,
+            "response_snippet": a.response_snippet, "started_at": iso(a.started_at),
+            "finished_at": iso(a.finished_at)}
+
+
+def endpoint_json(e: WebhookEndpoint) -> dict[str, Any]:
+    """A webhook endpoint as the JSON the CLI prints."""
+    return {"id": e.id, "url": e.url, "state": e.state, "disabled_at": iso(e.disabled_at),
+            "disabled_reason": e.disabled_reason, "created_at": iso(e.created_at)}
+
+
+def _when(d: WebhookDelivery) -> str:
+    at = {"delivered": d.delivered_at, "dead": d.dead_at}.get(d.status, d.next_attempt_at)
+    label = {"delivered": "", "dead": ""}.get(d.status, "next ")
+    return f"{label}{at:%Y-%m-%d %H:%M:%S}" if at else ""
+
+
+@webhooks_app.command("deliveries")
+def webhook_deliveries(
+    event: Annotated[str | None, typer.Argument(help="One event (its webhook-id): show its "
+                                                "attempts.")] = None,
+    job: Annotated[str | None, typer.Option(help="Only this job's events.")] = None,
+    status: Annotated[str | None, typer.Option(help="pending, delivered or dead.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List webhook events newest first, or one event with every attempt."""
+    engine = _engine(_settings())
+    if event is not None:
+        found = webhook_ops.event(engine, event)
+        if as_json:
+            _print_json({**delivery_json(found.delivery, found.endpoint.url),
+                         "payload": json.loads(found.delivery.payload),
+                         "attempt_log": [attempt_json(a) for a in found.attempts]})
+            return
+        d = found.delivery
+        out.print(f"[bold]{d.id}[/bold] {d.event_type} of job {d.job_id} to "
+                  f"{found.endpoint.url}: [bold]{d.status}[/bold] {_when(d)}", highlight=False)
+        table = Table("attempt", "started", "outcome", "status", "latency ms", "error",
+                      "response")
+        for a in found.attempts:
+            table.add_row(str(a.attempt), a.started_at.strftime("%Y-%m-%d %H:%M:%S"), a.outcome,
+                          str(a.status_code or ""), f"{a.latency_ms:.1f}" if a.latency_ms
+                          else "", a.error or "", (a.response_snippet or "")[:60])
+        out.print(table)
+        return
+    found_all = webhook_ops.deliveries(engine, job_id=job, status=status, limit=limit)
+    if as_json:
+        _print_json([delivery_json(d, url) for d, url in found_all])
+        return
+    table = Table("webhook-id", "job", "event", "endpoint", "status", "attempts", "last code",
+                  "when")
+    for d, url in found_all:
+        table.add_row(d.id, d.job_id, d.event_type, url, d.status, str(d.attempts),
+                      str(d.last_status_code or ""), _when(d))
+    out.print(table)
+
+
+@webhooks_app.command("redeliver")
+def webhook_redeliver(event: Annotated[str, typer.Argument(help="The event's webhook-id.")]
+                      ) -> None:
+    """Send a webhook event again, with the same webhook-id."""
+    engine = _engine(_settings())
+    found = webhook_ops.redeliver(engine, event)
+    out.print(f"{found.delivery.id}: {found.delivery.event_type} to {found.endpoint.url} is "
+              "due again; `tunectl webhooks deliveries "
+              f"{found.delivery.id}` shows the attempt", highlight=False)
+
+
+@webhooks_app.command("endpoints")
+def webhook_endpoints(as_json: JsonFlag = False) -> None:
+    """List the endpoints webhooks were sent to, and whether a 410 disabled them."""
+    found = webhook_ops.endpoints(_engine(_settings()))
+    if as_json:
+        _print_json([endpoint_json(e) for e in found])
+        return
+    table = Table("url", "state", "disabled at", "why")
+    for e in found:
+        table.add_row(e.url, e.state, e.disabled_at.strftime("%Y-%m-%d %H:%M:%S")
+                      if e.disabled_at else "", e.disabled_reason or "")
+    out.print(table)
+
+
+@webhooks_app.command("enable")
+def webhook_enable(url: Annotated[str, typer.Argument(help="The endpoint's URL.")]) -> None:
+    """Enable an endpoint again after a 410 disabled it (redeliver its dead events)."""
+    endpoint, changed = webhook_ops.enable(_engine(_settings()), url)
+    out.print(f"{endpoint.url}: {'enabled' if changed else 'already enabled'}",
+              highlight=False)
 
 
 @app.command()

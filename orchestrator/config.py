@@ -2,23 +2,43 @@
 
 Every setting has the env prefix ``TUNECTL_`` except provider credentials, which use the
 variables each provider's own tools read (``OPENAI_API_KEY`` …). A credential may also be
-given as a file: ``<NAME>_FILE`` holding the path (Docker and Kubernetes secrets).
+given as a file: ``<NAME>_FILE`` holding the path (Docker and Kubernetes secrets). Webhook
+signing secrets are read the same way, under the names job specs and ``TUNECTL_WEBHOOKS``
+give them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import MissingCredential
+from orchestrator.specs import NotifyTarget
 
 #: A step may run for this share of its job's lease (Celery's task_time_limit is set from it).
 STEP_SHARE_OF_LEASE = 0.9
+#: Immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: about 27.6 hours in all.
+DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+#: The signing secret of a webhook target that names none.
+DEFAULT_WEBHOOK_SECRET = "TUNECTL_WEBHOOK_SECRET"
+_SECRET_HELP = ("whsec_ followed by the base64 of 24 to 64 random bytes (several separated "
+                "by spaces while a secret is rotated)")
 
 
 def default_data_dir() -> Path:
@@ -134,6 +154,23 @@ class Settings(BaseSettings):
     #: A scheduler or worker serves its own /metrics on this port (0: none).
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
+    #: Endpoints told about every job, besides each spec's ``notify``: a JSON list of
+    #: ``{"url", "secret", "events"}``.
+    webhooks: list[NotifyTarget] = Field(default_factory=list)
+    #: Seconds before each attempt of a webhook (the first counts from the event), each
+    #: jittered by ±20 %; after the last attempt fails the event is dead.
+    webhook_retry_schedule_s: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S))
+    webhook_timeout_s: float = 15.0
+    #: Networks webhooks may reach although the SSRF guard refuses them (a development
+    #: receiver on loopback: ``["127.0.0.1/32"]``).
+    webhook_allow_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: The secret OpenAI signs its webhooks with (``POST /webhooks/openai``).
+    openai_webhook_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_WEBHOOK_SECRET", "TUNECTL_OPENAI_WEBHOOK_SECRET"),
+    )
+
     @model_validator(mode="after")
     def _derive_urls(self) -> Settings:
         if not self.database_url:
@@ -157,7 +194,20 @@ class Settings(BaseSettings):
         if self.broker_visibility_timeout_s <= self.lease_s:
             raise ValueError("broker_visibility_timeout_s must be above lease_s, or the broker "
                              "would hand a running step to a second worker")
+        schedule = self.webhook_retry_schedule_s
+        if not 1 <= len(schedule) <= 50 or not all(
+                math.isfinite(d) and 0 <= d <= 30 * 86400 for d in schedule):
+            raise ValueError("webhook_retry_schedule_s must list 1 to 50 delays, each from 0 to "
+                             "30 days in seconds")
+        if self.webhook_timeout_s <= 0:
+            raise ValueError("webhook_timeout_s must be positive")
         return self
+
+    @property
+    def webhook_lease_s(self) -> float:
+        """How long one delivery attempt may hold its event: enough for the resolution,
+        the connection, sending and reading at ``webhook_timeout_s`` each."""
+        return 5 * self.webhook_timeout_s + 15
 
     @property
     def upload_deadline_s(self) -> float:
@@ -175,17 +225,54 @@ class Settings(BaseSettings):
         value: SecretStr | None = getattr(self, name)
         if value is None:
             env = name.upper().removeprefix("TUNECTL_")
-            file_var = f"{env}_FILE"
-            path = os.environ.get(file_var)
-            if path:
-                try:
-                    return Path(path).read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    raise MissingCredential(
-                        f"{file_var}={path} cannot be read ({exc.strerror}); fix the path"
-                    ) from exc
-            raise MissingCredential(f"{env} is not set; export it or set {file_var} to a file")
+            found = _from_file(env)
+            if found is None:
+                raise MissingCredential(
+                    f"{env} is not set; export it or set {env}_FILE to a file")
+            return found
         return value.get_secret_value()
+
+    def webhook_secrets(self, name: str) -> list[str]:
+        """The signing secrets called ``name``: the environment variable, or the file named
+        by ``<name>_FILE``. Each one signs every webhook, so that receivers can move from an
+        old secret to a new one.
+
+        Raises:
+            MissingCredential: not set, unreadable, or not Standard Webhooks secrets.
+        """
+        raw = os.environ.get(name)
+        if raw is None:
+            raw = _from_file(name)
+        if raw is None:
+            raise MissingCredential(f"webhook secret {name} is not set; export it or set "
+                                    f"{name}_FILE to a file holding {_SECRET_HELP}")
+        secrets = raw.split()
+        if not secrets or not all(_is_whsec(s) for s in secrets):
+            raise MissingCredential(f"webhook secret {name} must be {_SECRET_HELP}")
+        return secrets
+
+
+def _from_file(env: str) -> str | None:
+    """The contents of the file ``<env>_FILE`` names (stripped), None if it is not set."""
+    file_var = f"{env}_FILE"
+    path = os.environ.get(file_var)
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise MissingCredential(
+            f"{file_var}={path} cannot be read ({exc.strerror}); fix the path") from exc
+
+
+def _is_whsec(secret: str) -> bool:
+    if not secret.startswith("whsec_"):
+        return False
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return 24 <= len(key) <= 64
 
 
 @lru_cache(maxsize=1)

@@ -1,20 +1,25 @@
 """``tunectl demo``: the emulators, the daemon and the example jobs, watched live: three
 OpenAI jobs, a DashScope job that deploys its tuned model, and a Vertex job whose tuned
-Gemini endpoint is then asked a question through the emulator.
+Gemini endpoint is then asked a question through the emulator; each outcome is notified by a
+signed webhook to a local receiver that verifies it with ``standardwebhooks``.
 
 Everything runs on the embedded default (SQLite + Celery's SQLAlchemy transport) in
-``<data dir>/demo``, which the demo wipes first: no servers, no keys, no cost.
+``<data dir>/demo``, which the demo wipes first: no servers, no keys, no cost. The OpenAI
+emulator also sends its fine-tuning webhooks to ``tunectl api``, as OpenAI would.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 
@@ -30,6 +35,7 @@ from orchestrator.config import Settings
 from orchestrator.db.engine import make_engine, session_scope
 from orchestrator.db.models import Job, JobTransition
 from orchestrator.errors import ProviderError, UserError
+from orchestrator.notify.receiver import Received, Receiver
 from orchestrator.providers import registry
 from orchestrator.providers.base import Prompter
 from orchestrator.specs import load_spec
@@ -46,6 +52,14 @@ EXAMPLES = {
 }
 #: What the demo asks each tuned model that can be called (a line of support-train.jsonl).
 QUESTION = "How do I reset my password?"
+#: The events the demo's receiver asks for (every example notifies exactly one).
+EVENTS = ["succeeded", "failed", "cancelled", "deployed", "undeployed"]
+#: How long to wait for the last webhooks once every job has ended.
+WEBHOOK_GRACE_S = 15.0
+
+
+def _secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def _free_port() -> int:
@@ -77,7 +91,9 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
     home = settings.data_dir / "demo"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    port = _free_port()
+    port, api_port = _free_port(), _free_port()
+    receiver_secret, openai_secret = _secret(), _secret()
+    receiver = Receiver(receiver_secret).start()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TUNECTL_", "OPENAI_", "DASHSCOPE_", "VERTEXAI_", "GOOGLE_",
                                 "CLOUDSDK_"))}
@@ -86,7 +102,13 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
                OPENAI_API_KEY="sk-emulator-demo", DASHSCOPE_API_KEY="sk-emulator-demo",
                TUNECTL_POLL_INTERVAL_S="0.5",
                TUNECTL_SCHEDULER_TICK_S="0.2", TUNECTL_RETRY_BASE_S="0.5",
-               TUNECTL_API_PORT=str(_free_port()))
+               TUNECTL_API_PORT=str(api_port),
+               # Every outcome goes to the receiver; the SSRF guard lets loopback through
+               # only because the allow-list names it.
+               TUNECTL_WEBHOOKS=json.dumps([{"url": receiver.url, "events": EVENTS}]),
+               TUNECTL_WEBHOOK_SECRET=receiver_secret,
+               TUNECTL_WEBHOOK_ALLOW_NETWORKS='["127.0.0.1/32"]',
+               OPENAI_WEBHOOK_SECRET=openai_secret)
     google = f"http://127.0.0.1:{port}/google"
     key_file = home / "google-service-account.json"
     env.update(TUNECTL_VERTEX_BASE_URL=google, TUNECTL_GCS_BASE_URL=google,
@@ -101,6 +123,11 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
                                  str(job_duration), env=env, log=log))
         deadline = time.monotonic() + 30
         _wait_for(f"http://127.0.0.1:{port}/_emulator/stats", deadline)
+        # As an OpenAI project's webhook endpoint would: job events go to tunectl api.
+        httpx.put(f"http://127.0.0.1:{port}/_emulator/scenario", timeout=5, json={
+            "job_duration_s": job_duration, "webhooks": {
+                "url": f"http://127.0.0.1:{api_port}/webhooks/openai",
+                "secret": openai_secret}}).raise_for_status()
         console.print(f"OpenAI emulator listening on http://127.0.0.1:{port}/v1, DashScope "
                       f"on http://127.0.0.1:{port}/dashscope/api/v1, Google (Vertex AI, Cloud "
                       f"Storage, OAuth) on {google}", highlight=False)
@@ -112,7 +139,12 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
         subprocess.run([sys.executable, "-m", "orchestrator.cli", "db", "upgrade"], env=env,
                        check=True, stdout=subprocess.DEVNULL)
         children.append(_tunectl("up", env=env, log=log))
-        console.print("daemon started (scheduler + worker, SQLite + SQLAlchemy broker)\n")
+        _wait_for(f"http://127.0.0.1:{api_port}/healthz", deadline)
+        console.print("daemon started (scheduler + worker + API, SQLite + SQLAlchemy broker), "
+                      f"API on http://127.0.0.1:{api_port} (jobs, and OpenAI's webhooks)",
+                      highlight=False)
+        console.print(f"webhook receiver on {receiver.url}: it verifies every signature "
+                      "with standardwebhooks\n", highlight=False)
         engine = make_engine(demo_settings.database_url)
         blobs = BlobStore.from_settings(demo_settings)
         names: dict[str, str] = {}
@@ -123,7 +155,7 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
             names[job.id] = job.name
             console.print(f"submitted [bold]{job.name}[/bold] as {job.id}", highlight=False)
         console.print()
-        finished = _watch(console, engine, names, time.monotonic() + timeout)
+        finished = _watch(console, engine, names, receiver, time.monotonic() + timeout)
         with session_scope(engine) as session:
             final = {j.name: j for j in session.exec(select(Job))}
         _summary(console, list(final.values()))
@@ -135,13 +167,20 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
         for name in wrong:
             console.print(f"[red]{name} ended {final[name].state}, expected "
                           f"{EXAMPLES[name + '.yaml']}[/red]")
+        got = {r.payload["data"]["job"]["name"] for r in receiver.verified() if r.payload}
+        forged = [r for r in receiver.received if not r.verified]
+        console.print(f"\nwebhooks: {len(got)} of {len(final)} jobs notified, every signature "
+                      "verified" if not forged else f"[red]{len(forged)} webhooks did not "
+                      "verify[/red]", highlight=False)
         console.print(f"\nInspect: TUNECTL_DATA_DIR={home} tunectl show "
                       f"{final['support-bot'].id}; the Gemini job's model_ref: "
                       f"TUNECTL_DATA_DIR={home} tunectl show {final['gemini-support'].id}; "
-                      f"deployments: TUNECTL_DATA_DIR={home} tunectl deployments",
+                      f"deployments: TUNECTL_DATA_DIR={home} tunectl deployments; webhooks: "
+                      f"TUNECTL_DATA_DIR={home} tunectl webhooks deliveries",
                       highlight=False, soft_wrap=True)
-        return 1 if wrong else 0
+        return 1 if wrong or forged or len(got) != len(final) else 0
     finally:
+        receiver.stop()
         for child in reversed(children):
             child.terminate()
         for child in children:
@@ -151,10 +190,13 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
                 child.kill()
 
 
-def _watch(console: Console, engine: object, names: dict[str, str], deadline: float) -> bool:
-    """Print every transition as it is committed until all jobs are terminal."""
-    seen = 0
+def _watch(console: Console, engine: object, names: dict[str, str], receiver: Receiver,
+           deadline: float) -> bool:
+    """Print every transition as it is committed, and every webhook as it arrives, until all
+    jobs are terminal and each has been notified (or a grace period has passed)."""
+    seen = heard = 0
     width = max(len(n) for n in names.values())
+    ended_at: float | None = None
     while time.monotonic() < deadline:
         with session_scope(engine) as session:  # type: ignore[arg-type]
             rows = list(session.exec(select(JobTransition).where(col(JobTransition.id) > seen)
@@ -168,8 +210,16 @@ def _watch(console: Console, engine: object, names: dict[str, str], deadline: fl
             console.print(f"{t.at:%H:%M:%S.%f}"[:-3] + f"  {names[t.job_id]:<{width}}  "
                           f"{arrow}{escape(status)}  [dim]{escape(t.reason or '')}[/dim]",
                           highlight=False)
+        got = receiver.received[heard:]
+        heard += len(got)
+        for request in got:
+            console.print(_heard(request, width), highlight=False)
         if states and all(s in TERMINAL for s in states):
-            return True
+            ended_at = ended_at or time.monotonic()
+            notified = {r.payload["data"]["job"]["id"] for r in receiver.verified()
+                        if r.payload}
+            if notified >= set(names) or time.monotonic() - ended_at > WEBHOOK_GRACE_S:
+                return True
         time.sleep(0.2)
     return False
 
@@ -196,6 +246,17 @@ def _ask_tuned_models(console: Console, settings: Settings, jobs: list[Job]) -> 
             console.print(f"\n[bold]{job.name}[/bold]'s tuned model "
                           f"({escape(str(model_ref.get('model')))}) answers "
                           f"{QUESTION!r}:\n  {answer}", highlight=False)
+
+
+def _heard(request: Received, width: int) -> str:
+    """One line for a webhook the receiver got."""
+    at = f"{datetime.fromtimestamp(request.arrived_at, UTC):%H:%M:%S.%f}"[:-3]
+    if request.payload is None:
+        return f"{at}  {'webhook':<{width}}  [red]signature did not verify: " \
+            f"{escape(request.error or '')}[/red]"
+    job = request.payload["data"]["job"]
+    return (f"{at}  {'webhook':<{width}}  [bold]{request.type}[/bold] for {job['name']} "
+            f"(webhook-id {request.webhook_id}), signature verified")
 
 
 def _summary(console: Console, jobs: list[Job]) -> None:

@@ -5,12 +5,14 @@
     │   ├── SpecError             a job spec is invalid (file, field, reason)
     │   ├── DatasetError          a dataset is unusable (file:line, reason)
     │   ├── UnknownProvider       the spec names a provider no plugin provides
-    │   ├── MissingCredential     a provider key is not configured
+    │   ├── MissingCredential     a provider key or webhook secret is not configured
     │   ├── JobNotFound           no job has that id
     │   ├── IdempotencyConflict   an idempotency key was reused with a different spec
     │   ├── CannotCancel          the job is past the point where it can be cancelled
     │   └── DatabaseNotMigrated   the database schema is not at the code's revision
     ├── BlobStoreError            the dataset store (an object store) failed; worth retrying
+    ├── WebhookRejected           an inbound provider webhook failed verification; nothing changed
+    ├── DestinationRefused        the SSRF guard refused a webhook's destination; nothing was sent
     ├── TransitionError           a state change was refused and nothing was written
     │   ├── IllegalTransition     the move is not in states.TRANSITIONS
     │   └── StaleTransition       the job was no longer where the caller thought (lost the CAS)
@@ -57,7 +59,7 @@ class UnknownProvider(UserError):
 
 
 class MissingCredential(UserError):
-    """A provider's credential is not configured."""
+    """A provider's credential, or a webhook signing secret, is not configured."""
 
 
 class JobNotFound(UserError):
@@ -78,6 +80,15 @@ class DatabaseNotMigrated(UserError):
 
 class BlobStoreError(TunectlError):
     """The dataset blob store could not be reached or returned something wrong."""
+
+
+class WebhookRejected(TunectlError):
+    """An inbound provider webhook is unsigned, stale or badly signed; nothing was changed."""
+
+
+class DestinationRefused(TunectlError):
+    """The SSRF guard refused where a webhook would go (the message says why); nothing was
+    sent."""
 
 
 class TransitionError(TunectlError):

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from orchestrator.blobs import BlobStore
-from orchestrator.config import Settings
+from orchestrator.config import Settings, get_settings
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Job, JobTransition
 from orchestrator.db.transition import insert_job, transition
@@ -36,6 +36,7 @@ from orchestrator.errors import (
     StaleTransition,
     UserError,
 )
+from orchestrator.notify import outbox
 from orchestrator.providers import registry
 from orchestrator.providers.base import RemoteEvent
 from orchestrator.providers.http import shared_client
@@ -90,14 +91,15 @@ class Submitted:
 def submit(engine: sa.Engine, blobs: BlobStore, spec: JobSpec, *, source: str,
            project: str, datasets: Datasets | None = None,
            now: datetime | None = None) -> Submitted:
-    """Check ``spec`` against its provider, store its datasets, and queue the job in
-    ``project``.
+    """Check ``spec`` against its provider (and its webhook targets), store its datasets,
+    and queue the job in ``project``.
 
     Datasets are copied into the blob store first from the spec's paths (content-addressed,
     so a copy left by a failed submit is harmless), unless ``datasets`` names blobs already
     stored; then the job and its first history row are inserted in one transaction.
     """
     checked_plugin(spec, source)
+    outbox.check_targets(spec.notify, get_settings(), source)
     if datasets is None:
         datasets = Datasets(blobs.put_file(spec.training_file),
                             blobs.put_file(spec.validation_file) if spec.validation_file

@@ -1,4 +1,5 @@
-"""The scheduler: each tick frees expired leases, claims due jobs and sends their steps.
+"""The scheduler: each tick frees expired leases, claims due jobs and sends their steps,
+then does the same for deployments to delete and webhook deliveries due.
 
 The database is the truth and the broker only carries wake-ups: a step message that is
 lost (broker flushed, worker killed) leaves a lease that expires, and the next tick sends
@@ -8,6 +9,7 @@ the step again. Any number of schedulers may run; the claim never hands a job to
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,11 +24,15 @@ from orchestrator.db.engine import session_scope
 from orchestrator.db.transition import transition
 from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import StaleTransition
+from orchestrator.notify import deliver
+from orchestrator.notify.outbox import Wake
 from orchestrator.states import PROVIDER_JOB_LIVE, STEP_FOR_STATE, State
 from orchestrator.steps import UNDEPLOY
 from orchestrator.steps.runner import Dispatch
 
 log = structlog.get_logger("tunectl.scheduler")
+#: The shortest pause between ticks, however soon the next job falls due.
+MIN_PAUSE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class TickReport:
     gave_up: int
     #: Deployments sent to the undeploy step (TTL expired, undeploy requested, orphaned).
     undeploying: int = 0
+    #: Webhook deliveries sent to the deliver step.
+    delivering: int = 0
 
 
 class Scheduler:
@@ -47,16 +55,21 @@ class Scheduler:
                  now: Callable[[], datetime] = utcnow) -> None:
         self.settings, self.engine, self.dispatch, self.now = settings, engine, dispatch, now
 
-    def tick(self) -> TickReport:
-        """Rescue expired leases, claim and dispatch due jobs in batches, then the
-        deployments that must be deleted."""
+    def tick(self, *, jobs_only: bool = False) -> TickReport:
+        """Rescue expired leases, claim and dispatch due jobs in batches, then (unless
+        ``jobs_only``) the deployments that must be deleted and the webhook deliveries that
+        are due."""
         report = self._jobs()
-        try:
-            undeploying = self._deployments(self.now())
-        except Exception as exc:  # the jobs' report still counts
-            log.error("scheduler.deployments_failed", error=str(exc))
-            undeploying = 0
-        return TickReport(report.rescued, report.dispatched, report.gave_up, undeploying)
+        if jobs_only:
+            return report
+        counts = []
+        for name, duty in (("deployments", self._deployments), ("deliveries", self._deliveries)):
+            try:
+                counts.append(duty(self.now()))
+            except Exception as exc:  # the jobs' report still counts
+                log.error(f"scheduler.{name}_failed", error=str(exc))
+                counts.append(0)
+        return TickReport(report.rescued, report.dispatched, report.gave_up, *counts)
 
     def _jobs(self) -> TickReport:
         now = self.now()
@@ -118,6 +131,27 @@ class Scheduler:
                 return i
         return len(claimed)
 
+    def _deliveries(self, now: datetime) -> int:
+        """Free expired delivery leases, then send the deliver step for every delivery due,
+        in batches."""
+        with session_scope(self.engine) as session:
+            rescued = queries.rescue_expired_delivery_leases(session, now=now)
+        for delivery_id, attempts in rescued:
+            log.warning("scheduler.delivery_lease_expired", delivery_id=delivery_id,
+                        attempts=attempts)
+        sent = 0
+        while True:
+            lease = new_id("lease")
+            with session_scope(self.engine) as session:
+                claimed = queries.claim_due_deliveries(
+                    session, owner=lease, now=now, limit=self.settings.scheduler_batch,
+                    until=now + timedelta(seconds=self.settings.webhook_lease_s))
+            done = deliver.send_now(self.engine, self.dispatch,
+                                    [(delivery_id, lease) for delivery_id in claimed], now)
+            sent += done
+            if done < len(claimed) or len(claimed) < self.settings.scheduler_batch:
+                return sent
+
     def _give_up(self, job: queries.Claimed, now: datetime) -> int:
         step = STEP_FOR_STATE[State(job.state)]
         reason = (f"gave up after {job.attempts} attempts at the {step} step; "
@@ -127,28 +161,53 @@ class Scheduler:
                        "check or cancel it at the provider")
         if State(job.state) is State.DEPLOYING:
             reason += "; the scheduler deletes its deployment, if one was created"
+        wake: list[Wake] = []
         try:
             with session_scope(self.engine) as session:
                 transition(session, job.id, source=State(job.state), target=State.FAILED,
-                           version=job.version, reason=reason, error=reason, now=now)
+                           version=job.version, reason=reason, error=reason, now=now,
+                           wake=wake)
         except StaleTransition:
             return 0
         log.error("scheduler.gave_up", job_id=job.id, step=step, reason=reason)
+        deliver.send_now(self.engine, self.dispatch, wake, now)
         return 1
 
+    def pause(self) -> float:
+        """Seconds until the next tick: ``scheduler_tick_s``, or less when a job falls due
+        sooner, so that a poll is sent when it is due rather than up to a tick later (never
+        less than MIN_PAUSE_S)."""
+        tick = self.settings.scheduler_tick_s
+        with self.engine.connect() as conn:
+            due = queries.next_due(conn)
+        if due is None:
+            return tick
+        return min(tick, max(MIN_PAUSE_S, (due - self.now()).total_seconds()))
+
     def run(self, stop: threading.Event) -> None:
-        """Tick every ``scheduler_tick_s`` until ``stop`` is set."""
+        """Tick every ``scheduler_tick_s`` (sooner when a job falls due sooner) until
+        ``stop`` is set."""
         log.info("scheduler.started", tick_s=self.settings.scheduler_tick_s)
+        next_tick = 0.0
         while not stop.is_set():
+            # Between whole ticks, a wake-up for a job falling due only sends due jobs.
+            whole = time.monotonic() >= next_tick
+            if whole:
+                next_tick = time.monotonic() + self.settings.scheduler_tick_s
             try:
-                report = self.tick()
-                if report.rescued or report.dispatched or report.gave_up or report.undeploying:
+                report = self.tick(jobs_only=not whole)
+                if any((report.rescued, report.dispatched, report.gave_up,
+                        report.undeploying, report.delivering)):
                     log.info("scheduler.tick", rescued=report.rescued,
                              dispatched=report.dispatched, gave_up=report.gave_up,
-                             undeploying=report.undeploying)
+                             undeploying=report.undeploying, delivering=report.delivering)
             except sa.exc.OperationalError as exc:
                 log.error("scheduler.database_unavailable", error=str(exc).splitlines()[0])
             except Exception:  # a bug must not stop the loop that re-drives every job
                 log.exception("scheduler.tick_failed")
-            stop.wait(self.settings.scheduler_tick_s)
+            try:
+                pause = self.pause()
+            except sa.exc.SQLAlchemyError:
+                pause = self.settings.scheduler_tick_s
+            stop.wait(pause)
         log.info("scheduler.stopped")

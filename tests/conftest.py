@@ -22,8 +22,8 @@ STACK = os.environ.get("TUNECTL_TEST_STACK", "embedded")
 PG_ADMIN_URL = os.environ.get("TUNECTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TUNECTL_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 API_KEY = "sk-test-4f9a8b7c6d5e"
-TABLES = ("deployment_transitions", "deployments", "job_transitions", "provider_files",
-          "uploaded_datasets", "jobs")
+TABLES = ("webhook_attempts", "webhook_deliveries", "webhook_endpoints", "deployment_transitions",
+          "deployments", "job_transitions", "provider_files", "uploaded_datasets", "jobs")
 
 if STACK not in ("embedded", "production"):
     raise pytest.UsageError(f"TUNECTL_TEST_STACK={STACK!r}: use embedded or production")
@@ -56,12 +56,14 @@ def _close_the_shared_http_client() -> Iterator[None]:
     """Close the process's provider client a test left open (an in-process CLI run makes
     one), so its socket never leaks into a later test as a ResourceWarning."""
     yield
+    from orchestrator.notify import deliver
     from orchestrator.providers import http
 
     client = http._client
     if client is not None:
         client.close()
         http.set_shared_client(None)
+    deliver.reset_client()
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ a worker would (same runner, no broker)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,11 @@ from orchestrator.providers.vertex import emulator as google_emulator
 from orchestrator.scheduler import Scheduler
 from orchestrator.specs import JobSpec
 from orchestrator.steps.runner import run_step
+
+#: Standard Webhooks secrets for tests (whsec_ + base64 of 32 bytes), and the name they go by.
+SECRET = "whsec_" + base64.b64encode(b"tunectl-test-webhook-secret-0001").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"tunectl-test-webhook-secret-0002").decode()
+SECRET_NAME = "TEST_WEBHOOK_SECRET"
 
 
 class Clock:
@@ -215,6 +221,34 @@ class Pump:
     def history(self, job_id: str) -> list[JobTransition]:
         with session_scope(self.engine) as session:
             return job_ops.history(session, job_id)
+
+
+def hooked_job(engine: sa.Engine, url: str, now: datetime, *, secret: str = SECRET_NAME) -> str:
+    """A job whose one webhook target gets every transition, inserted as submitted: its
+    ``job.queued`` event is written at once. Returns that event's id (its delivery id)."""
+    from orchestrator.db.transition import insert_job
+    from orchestrator.db.types import new_id
+
+    job = Job(id=new_id("job"), name="hooked", provider="openai", base_model="m",
+              method="sft", spec={"notify": [{"url": url, "secret": secret, "events": ["all"]}]},
+              spec_sha256="0" * 64, training_blob="0" * 64)
+    with session_scope(engine) as session:
+        insert_job(session, job, reason="test", now=now)
+    with engine.connect() as conn:
+        return str(conn.execute(sa.text("SELECT id FROM webhook_deliveries WHERE job_id = :j"),
+                                {"j": job.id}).scalar_one())
+
+
+def claim_deliveries(engine: sa.Engine, now: datetime, lease_s: float = 60) -> tuple[str,
+                                                                                     list[str]]:
+    """Claim every due webhook delivery, as the scheduler does: (lease, delivery ids)."""
+    from orchestrator.db import queries
+    from orchestrator.db.types import new_id
+
+    lease = new_id("lease")
+    with engine.begin() as conn:
+        return lease, queries.claim_due_deliveries(
+            conn, owner=lease, now=now, until=now + timedelta(seconds=lease_s), limit=100)
 
 
 @contextmanager

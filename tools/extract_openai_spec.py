@@ -32,6 +32,9 @@ ROOTS = (
     "ListFineTuningJobEventsResponse",
     "ListPaginatedFineTuningJobsResponse",
     "OpenAIFile",
+    "WebhookFineTuningJobCancelled",
+    "WebhookFineTuningJobFailed",
+    "WebhookFineTuningJobSucceeded",
 )
 SPEC_PREFIX = "#/components/schemas/"
 DEFS_PREFIX = "#/$defs/"

@@ -21,6 +21,7 @@ from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from orchestrator import log
 from orchestrator.config import STEP_SHARE_OF_LEASE, get_settings
 from orchestrator.db.engine import get_engine
+from orchestrator.notify.deliver import reset_client
 from orchestrator.providers.http import set_shared_client
 
 QUEUE = "tunectl"
@@ -67,6 +68,7 @@ def _after_fork(**_: Any) -> None:
     # Connections opened by the parent must not be shared with forked children.
     get_engine(get_settings().database_url).dispose(close=False)
     set_shared_client(None)
+    reset_client()
 
 
 app = create_app()

@@ -1,7 +1,8 @@
-"""One thin Celery task per step, named ``tunectl.step.<step>``, and ``tunectl.submit``, the
-task any producer on the broker can ``send_task`` a spec to (names live in queued messages:
-renaming one is a breaking change). Each step task only runs the step through
-``orchestrator.steps.runner``; none sleeps on a provider."""
+"""One thin Celery task per step, named ``tunectl.step.<step>``, the webhook delivery task
+``tunectl.notify.deliver``, and ``tunectl.submit``, the task any producer on the broker can
+``send_task`` a spec to (names live in queued messages: renaming one is a breaking change).
+Each step task only runs its step through ``orchestrator.steps.runner``; none sleeps on a
+provider or an endpoint."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import structlog
 
 from orchestrator import jobs as job_ops
 from orchestrator.blobs import BlobStore
-from orchestrator.config import get_settings
+from orchestrator.config import STEP_SHARE_OF_LEASE, get_settings
 from orchestrator.db.engine import get_engine
 from orchestrator.errors import BlobStoreError, SpecError, UserError
+from orchestrator.notify.deliver import DELIVER
 from orchestrator.specs import parse_spec
 from orchestrator.steps import STEPS, UNDEPLOY
 from orchestrator.steps.runner import run_step
@@ -25,13 +27,19 @@ SUBMIT_TASK = "tunectl.submit"
 log = structlog.get_logger("tunectl.submit")
 
 
+def task_name(step: str) -> str:
+    """The Celery task that runs ``step``."""
+    return "tunectl.notify.deliver" if step == DELIVER else f"tunectl.step.{step}"
+
+
 def dispatch(step: str, job_id: str, lease: str) -> None:
     """Send the message that runs ``step`` for ``job_id`` under ``lease``."""
-    app.send_task(f"tunectl.step.{step}", args=[job_id, lease], queue=QUEUE)
+    app.send_task(task_name(step), args=[job_id, lease], queue=QUEUE)
 
 
 def _make_task(step: str) -> Any:
-    # For the undeploy step, ``job_id`` is a deployment id (the message shape is the same).
+    # For the undeploy step, ``job_id`` is a deployment id; for deliver, a delivery id (the
+    # message shape is the same).
     def task(job_id: str, lease: str) -> str:
         settings = get_settings()
         return run_step(step, job_id, lease, settings=settings,
@@ -39,10 +47,13 @@ def _make_task(step: str) -> Any:
 
     task.__name__ = task.__qualname__ = f"step_{step}"
     task.__doc__ = f"Run the {step} step for one job."
-    return app.task(name=f"tunectl.step.{step}")(task)
+    options: dict[str, Any] = {}
+    if step == DELIVER:  # an attempt never outlives its delivery's lease
+        options["time_limit"] = get_settings().webhook_lease_s * STEP_SHARE_OF_LEASE
+    return app.task(name=task_name(step), **options)(task)
 
 
-TASKS = {step: _make_task(step) for step in (*STEPS, UNDEPLOY)}
+TASKS = {step: _make_task(step) for step in (*STEPS, UNDEPLOY, DELIVER)}
 
 
 @app.task(name=SUBMIT_TASK, autoretry_for=(sa.exc.OperationalError, BlobStoreError),  # type: ignore[untyped-decorator]

@@ -10,13 +10,13 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from orchestrator import __version__
-from orchestrator.api import jobs, ops, problems
+from orchestrator.api import jobs, ops, problems, provider_webhooks
 from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings
 from orchestrator.db.engine import get_engine
 
 #: Every router the app serves.
-ROUTERS: tuple[APIRouter, ...] = (jobs.router, ops.router)
+ROUTERS: tuple[APIRouter, ...] = (jobs.router, ops.router, provider_webhooks.router)
 
 
 def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:

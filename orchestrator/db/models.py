@@ -1,6 +1,7 @@
 """The tables: jobs, their append-only transition history, uploaded provider files,
-deployments of tuned models with their own history, and the datasets each project uploaded
-through the API.
+deployments of tuned models with their own history, the datasets each project uploaded
+through the API, and webhook notifications (endpoints, the outbox of deliveries, and every
+delivery attempt).
 
 The tables hold their own invariants as CHECK constraints, so that no code path (or a
 hand-written UPDATE from an operator) can leave a job half-terminal or half-leased.
@@ -71,6 +72,8 @@ class Job(SQLModel, table=True):
         sa.Index("ix_jobs_project_created", "project", "created_at", "id"),
         # An idempotency key is a project's own: another project's key never collides.
         sa.UniqueConstraint("project", "idempotency_key"),
+        # An inbound provider webhook names the provider's job id.
+        sa.Index("ix_jobs_provider_job", "provider", "provider_job_id"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -105,6 +108,9 @@ class Job(SQLModel, table=True):
     next_run_at: datetime | None = _tz(default=None)
     lease_owner: str | None = Field(default=None, max_length=80)
     lease_expires_at: datetime | None = _tz(default=None)
+    #: When a provider said (by webhook) that the job changed while a step held it: the
+    #: step runs again as soon as it gives the lease back.
+    poked_at: datetime | None = _tz(default=None)
     attempts: int = 0
     last_error: str | None = None
 
@@ -261,3 +267,121 @@ class UploadedDataset(SQLModel, table=True):
     sha256: str = Field(primary_key=True, max_length=64)
     bytes: int = Field(sa_type=sa.BigInteger)
     created_at: datetime = _tz(default_factory=utcnow)
+
+
+# --- Webhook notifications --------------------------------------------------------------------
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A URL webhooks are sent to, from job specs or configuration. Its id is derived from
+    the URL (``notify.outbox.endpoint_id``); a 410 Gone disables it."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        sa.CheckConstraint("state IN ('enabled', 'disabled')", name="state_known"),
+        sa.CheckConstraint("(state = 'disabled') = (disabled_at IS NOT NULL)",
+                           name="disabled_has_time"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    url: str = Field(max_length=2000, unique=True)
+    state: str = Field(default="enabled", max_length=20)
+    disabled_at: datetime | None = _tz(default=None)
+    disabled_reason: str | None = None
+    created_at: datetime = _tz(default_factory=utcnow)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one endpoint: the outbox row a transition writes, then its delivery.
+
+    ``id`` is the Standard Webhooks ``webhook-id``, the same on every attempt and
+    redelivery; ``payload`` holds the exact bytes that are signed and sent. One row per
+    (transition, endpoint): a job event never reaches an endpoint as two different events.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("job_id", "seq", "endpoint_id"),
+        sa.CheckConstraint("status IN ('pending', 'delivered', 'dead')", name="status_known"),
+        sa.CheckConstraint("(status = 'pending') = (next_attempt_at IS NOT NULL)",
+                           name="pending_is_due"),
+        sa.CheckConstraint("(status = 'delivered') = (delivered_at IS NOT NULL)",
+                           name="delivered_has_time"),
+        sa.CheckConstraint("(status = 'dead') = (dead_at IS NOT NULL)", name="dead_has_time"),
+        sa.CheckConstraint("(lease_owner IS NULL) = (lease_expires_at IS NULL)",
+                           name="lease_complete"),
+        sa.CheckConstraint("status = 'pending' OR lease_owner IS NULL", name="done_is_idle"),
+        sa.CheckConstraint("attempts >= 0 AND (attempt_limit IS NULL OR attempt_limit >= 1)",
+                           name="counters"),
+        # The scheduler's claim: pending, unleased deliveries in (next_attempt_at, id) order.
+        sa.Index("ix_webhook_deliveries_due", "next_attempt_at", "id",
+                 postgresql_where=sa.text("status = 'pending' AND lease_owner IS NULL"),
+                 sqlite_where=sa.text("status = 'pending' AND lease_owner IS NULL")),
+        # The rescuer: leases that may have expired.
+        sa.Index("ix_webhook_deliveries_leased", "lease_expires_at",
+                 postgresql_where=sa.text("lease_owner IS NOT NULL"),
+                 sqlite_where=sa.text("lease_owner IS NOT NULL")),
+        sa.Index("ix_webhook_deliveries_status_created", "status", "created_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    job_id: str = Field(foreign_key="jobs.id", max_length=40, index=True)
+    #: The job transition (``job_transitions.seq``) that caused the event.
+    seq: int
+    endpoint_id: str = Field(foreign_key="webhook_endpoints.id", max_length=40, index=True)
+    #: Name of the signing secret (an environment variable or secret file), never the secret.
+    secret_name: str = Field(max_length=128)
+    #: Where the endpoint came from: ``spec`` (the job's notify) or ``config`` (TUNECTL_WEBHOOKS).
+    source: str = Field(max_length=10)
+    event_type: str = Field(max_length=60)
+    payload: str = Field(sa_type=sa.Text)
+
+    status: str = Field(default="pending", max_length=20)
+    #: Attempts started; the event is dead once ``attempt_limit`` of them failed.
+    attempts: int = 0
+    #: Null: as many attempts as the retry schedule has; a redelivery allows one more.
+    attempt_limit: int | None = None
+    next_attempt_at: datetime | None = _tz(default=None)
+    lease_owner: str | None = Field(default=None, max_length=80)
+    lease_expires_at: datetime | None = _tz(default=None)
+    last_status_code: int | None = None
+    last_error: str | None = None
+
+    created_at: datetime = _tz(default_factory=utcnow)
+    updated_at: datetime = _tz(default_factory=utcnow)
+    delivered_at: datetime | None = _tz(default=None)
+    dead_at: datetime | None = _tz(default=None)
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One attempt to deliver one event: append-only, for dashboards."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (
+        sa.UniqueConstraint("delivery_id", "attempt"),
+        sa.CheckConstraint("outcome IN ('delivered', 'failed', 'refused')",
+                           name="outcome_known"),
+        sa.Index("ix_webhook_attempts_endpoint_started", "endpoint_id", "started_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=_BIGINT_ID)
+    delivery_id: str = Field(foreign_key="webhook_deliveries.id", max_length=40)
+    endpoint_id: str = Field(foreign_key="webhook_endpoints.id", max_length=40)
+    #: 1, 2, … per delivery (a redelivery carries on counting).
+    attempt: int
+    #: delivered (2xx), failed (any other answer, a timeout, a network error) or refused
+    #: (nothing was sent: the SSRF guard or a missing secret).
+    outcome: str = Field(max_length=20)
+    status_code: int | None = None
+    #: From sending the request to the start of the response; null when nothing was sent.
+    latency_ms: float | None = None
+    error: str | None = None
+    #: The start of the response body.
+    response_snippet: str | None = Field(default=None, max_length=500)
+    started_at: datetime = _tz()
+    finished_at: datetime = _tz()
+
+
+ENDPOINTS: sa.Table = WebhookEndpoint.__table__  # type: ignore[attr-defined]
+DELIVERIES: sa.Table = WebhookDelivery.__table__  # type: ignore[attr-defined]
+ATTEMPTS: sa.Table = WebhookAttempt.__table__  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from orchestrator.config import STEP_SHARE_OF_LEASE
-from orchestrator.db.models import DEPLOYMENTS, JOBS, Deployment, Job
+from orchestrator.db.models import DELIVERIES, DEPLOYMENTS, JOBS, Deployment, Job, WebhookDelivery
 from orchestrator.db.types import TZDateTime
 
 #: Statements run on a session's connection or on a bare connection (the hot path).
@@ -60,6 +60,15 @@ _RESCUE_EXPIRED_LEASES = """
 
 
 @dataclass(frozen=True)
+class Released:
+    """A lease given back."""
+
+    #: A provider said the job changed while the lease was held (``poke_jobs``): its step
+    #: should run again now (``claim_job``) rather than at ``next_run_at``.
+    poked: bool
+
+
+@dataclass(frozen=True)
 class Claimed:
     """A job the caller now holds the lease of."""
 
@@ -96,6 +105,19 @@ def claim_due_jobs(
         stmt, {"now": now, "until": until, "owner": owner, "limit": limit}
     )
     return [Claimed(*row) for row in rows]
+
+
+_NEXT_DUE = """
+    SELECT min(next_run_at) FROM jobs WHERE lease_owner IS NULL AND next_run_at IS NOT NULL
+"""
+
+
+def next_due(db: DB) -> datetime | None:
+    """When the next unleased job falls due (the scheduler sleeps until then, at most a
+    tick). Served by the partial index ix_jobs_due."""
+    stmt = sa.text(_NEXT_DUE).columns(sa.column("due", TZDateTime()))
+    value: datetime | None = connection(db).execute(stmt).scalar_one()
+    return value
 
 
 def rescue_expired_leases(db: DB, *, now: datetime) -> list[tuple[str, str, int]]:
@@ -143,8 +165,8 @@ def release_lease(
     attempts: int | None = None,
     last_error: str | None = None,
     provider_status: str | None = None,
-) -> bool:
-    """Give the lease back and set when the job is next due; False if the lease was lost
+) -> Released | None:
+    """Give the lease back and set when the job is next due; None if the lease was lost
     (or, with ``version``, if the job changed meanwhile: a cancel landed).
 
     Lease tokens are unique per claim and a rescue clears the lease, so a step whose job
@@ -159,8 +181,10 @@ def release_lease(
     guard = [JOBS.c.id == job_id, JOBS.c.lease_owner == lease]
     if version is not None:
         guard.append(JOBS.c.version == version)
-    result = connection(db).execute(sa.update(JOBS).where(*guard).values(**values))
-    return bool(result.rowcount)
+    row = connection(db).execute(
+        sa.update(JOBS).where(*guard).values(**values).returning(JOBS.c.poked_at)
+    ).one_or_none()
+    return None if row is None else Released(poked=row[0] is not None)
 
 
 # --- Deployments ------------------------------------------------------------------------------
@@ -251,3 +275,141 @@ def release_deployment_lease(db: DB, deployment_id: str, *, lease: str,
         .values(lease_owner=None, lease_expires_at=None, next_run_at=next_run_at,
                 last_error=last_error))
     return bool(result.rowcount)
+
+
+# --- Inbound provider webhooks ----------------------------------------------------------------
+
+# SET expressions all read the row as it was, so each CASE sees the lease before the UPDATE.
+_POKE_JOBS = """
+    UPDATE jobs SET
+        lease_owner = CASE WHEN lease_owner IS NULL THEN :owner ELSE lease_owner END,
+        lease_expires_at = CASE WHEN lease_owner IS NULL THEN :until ELSE lease_expires_at END,
+        next_run_at = CASE WHEN lease_owner IS NULL THEN :now ELSE next_run_at END,
+        poked_at = CASE WHEN lease_owner IS NULL THEN NULL ELSE :now END
+    WHERE provider = :provider AND provider_job_id = :provider_job_id AND state IN :states
+    RETURNING id, state, lease_owner = :owner
+"""
+
+_CLAIM_JOB = """
+    UPDATE jobs SET lease_owner = :owner, lease_expires_at = :until, next_run_at = :now,
+        poked_at = NULL
+    WHERE id = :id AND lease_owner IS NULL AND next_run_at IS NOT NULL
+    RETURNING state
+"""
+
+
+@dataclass(frozen=True)
+class Poked:
+    """A job a provider said changed."""
+
+    id: str
+    state: str
+    #: True: leased to the caller, who sends its step now; False: a step holds it, and
+    #: runs again as soon as it gives the lease back.
+    claimed: bool
+
+
+def poke_jobs(db: DB, *, provider: str, provider_job_id: str, states: Collection[str],
+              owner: str, now: datetime, until: datetime) -> list[Poked]:
+    """A provider said its job ``provider_job_id`` changed: the tunectl job in one of
+    ``states`` should look now rather than at its next poll. An unleased job is leased to
+    ``owner`` at once; a leased one is marked poked (``jobs.poked_at``), so that the step
+    holding it, which may have asked the provider a moment too early, runs again when it
+    gives the lease back (``release_lease`` says so). Served by ix_jobs_provider_job.
+    """
+    stmt = sa.text(_POKE_JOBS).bindparams(
+        sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime()),
+        sa.bindparam("states", expanding=True))
+    rows = connection(db).execute(stmt, {
+        "owner": owner, "until": until, "now": now, "provider": provider,
+        "provider_job_id": provider_job_id, "states": list(states)})
+    return [Poked(r[0], r[1], bool(r[2])) for r in rows]
+
+
+def claim_job(db: DB, job_id: str, *, owner: str, now: datetime,
+              until: datetime) -> str | None:
+    """Lease one unleased, non-terminal job to ``owner`` at once, clearing its poke (it was
+    poked while a step held it); returns its state, None if someone else has it or it
+    ended."""
+    stmt = sa.text(_CLAIM_JOB).bindparams(
+        sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime()))
+    found = connection(db).execute(
+        stmt, {"id": job_id, "owner": owner, "now": now, "until": until}).scalar_one_or_none()
+    return None if found is None else str(found)
+
+
+# --- Webhook deliveries -----------------------------------------------------------------------
+
+_CLAIM_DUE_DELIVERIES = {
+    # Served by the partial index ix_webhook_deliveries_due (next_attempt_at, id) WHERE
+    # status = 'pending' AND lease_owner IS NULL; MATERIALIZED as for jobs.
+    "postgresql": """
+        WITH due AS MATERIALIZED (
+            SELECT id FROM webhook_deliveries
+            WHERE status = 'pending' AND lease_owner IS NULL AND next_attempt_at <= :now
+            ORDER BY next_attempt_at, id
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE webhook_deliveries SET lease_owner = :owner, lease_expires_at = :until
+        WHERE id IN (SELECT id FROM due)
+        RETURNING id
+    """,
+    "sqlite": """
+        UPDATE webhook_deliveries SET lease_owner = :owner, lease_expires_at = :until
+        WHERE id IN (
+            SELECT id FROM webhook_deliveries
+            WHERE status = 'pending' AND lease_owner IS NULL AND next_attempt_at <= :now
+            ORDER BY next_attempt_at, id
+            LIMIT :limit
+        )
+        RETURNING id
+    """,
+}
+
+_RESCUE_EXPIRED_DELIVERY_LEASES = """
+    UPDATE webhook_deliveries SET lease_owner = NULL, lease_expires_at = NULL,
+        last_error = 'the lease of ' || lease_owner || ' expired before its attempt finished'
+            || ' (worker lost or task message lost)'
+    WHERE lease_owner IS NOT NULL AND lease_expires_at < :now
+    RETURNING id, attempts
+"""
+
+
+def claim_due_deliveries(db: DB, *, owner: str, now: datetime, until: datetime,
+                         limit: int) -> list[str]:
+    """Lease up to ``limit`` pending webhook deliveries whose next attempt is due to
+    ``owner``; returns their ids (each is also its event's webhook-id)."""
+    stmt = sa.text(_CLAIM_DUE_DELIVERIES[connection(db).dialect.name]).bindparams(
+        sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime()))
+    rows = connection(db).execute(
+        stmt, {"now": now, "until": until, "owner": owner, "limit": limit})
+    return [r[0] for r in rows]
+
+
+def rescue_expired_delivery_leases(db: DB, *, now: datetime) -> list[tuple[str, int]]:
+    """Free the delivery leases that expired (the attempt's worker died or its message was
+    lost), served by ix_webhook_deliveries_leased; the delivery is claimable again at once.
+    Returns (delivery id, attempts) of each."""
+    stmt = sa.text(_RESCUE_EXPIRED_DELIVERY_LEASES).bindparams(
+        sa.bindparam("now", type_=TZDateTime()))
+    return [(r[0], r[1]) for r in connection(db).execute(stmt, {"now": now})]
+
+
+def take_up_delivery(db: DB, delivery_id: str, *, lease: str, now: datetime,
+                     lease_s: float) -> WebhookDelivery | None:
+    """Start an attempt: the delivery, if ``lease`` still holds it, pending and unlapsed
+    (counting the attempt and renewing a lease that waited in the broker); None for a
+    stale or duplicate message."""
+    renew_before = now + timedelta(seconds=lease_s * STEP_SHARE_OF_LEASE)
+    expires = DELIVERIES.c.lease_expires_at
+    row = connection(db).execute(
+        sa.update(DELIVERIES)
+        .where(DELIVERIES.c.id == delivery_id, DELIVERIES.c.lease_owner == lease,
+               expires > now, DELIVERIES.c.status == "pending")
+        .values(attempts=DELIVERIES.c.attempts + 1, updated_at=now,
+                lease_expires_at=sa.case((expires < renew_before,
+                                          now + timedelta(seconds=lease_s)), else_=expires))
+        .returning(*DELIVERIES.c)
+    ).one_or_none()
+    return None if row is None else WebhookDelivery(**row._mapping)

@@ -12,6 +12,8 @@ unless a plugin asks for it, so providers without them need nothing:
 - clients that implement ``Prompter``: the tuned model can be asked a question (the demo).
 - ``RemoteJob.model_ref``: what clients need to call the tuned model, when the generic
   ``{"provider", "model"}`` is not enough (Vertex: the LiteLLM model string, project, …).
+- a plugin that is also a ``WebhookSource``: the provider sends signed webhooks about its
+  jobs (OpenAI), read at ``POST /webhooks/<provider>``.
 """
 
 from __future__ import annotations
@@ -246,3 +248,32 @@ def deployer(client: ProviderClient) -> Deployer:
     if not isinstance(client, Deployer):
         raise TypeError(f"{type(client).__name__} cannot deploy tuned models")
     return client
+
+
+# --- Inbound webhooks (optional) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProviderWebhook:
+    """A webhook a provider sent, verified."""
+
+    #: The provider's id for the delivery (its ``webhook-id``), for logs.
+    event_id: str
+    #: The provider's event type (``fine_tuning.job.succeeded`` …).
+    event_type: str
+    #: The provider job it is about; None for an event tunectl does not act on.
+    provider_job_id: str | None
+
+
+@runtime_checkable
+class WebhookSource(Protocol):
+    """A provider plugin whose provider sends signed webhooks about its jobs."""
+
+    def verify_webhook(self, settings: Settings, body: bytes,
+                       headers: Mapping[str, str]) -> ProviderWebhook:
+        """Verify one webhook request (``headers`` with lower-case names) and read it.
+
+        Raises:
+            WebhookRejected: unsigned, stale or wrongly signed.
+            MissingCredential: no signing secret is configured.
+        """

@@ -38,6 +38,8 @@ from orchestrator.errors import (
     TunectlError,
     UserError,
 )
+from orchestrator.notify import deliver
+from orchestrator.notify.outbox import Wake
 from orchestrator.providers import registry
 from orchestrator.providers.http import shared_client
 from orchestrator.states import (
@@ -85,16 +87,22 @@ def run_step(
 ) -> str:
     """Run ``step`` for ``job_id`` if this message still holds its lease; return what happened.
 
-    The undeploy step works a deployment: its message carries a deployment id instead.
+    The undeploy step works a deployment and the deliver step a webhook delivery: their
+    messages carry a deployment id or a delivery id instead.
     """
     if step == UNDEPLOY:
         from orchestrator.steps import undeploy
 
         return undeploy.run(job_id, lease, settings=settings, engine=engine, now=now)
+    if step == deliver.DELIVER:
+        return deliver.run(job_id, lease, settings=settings, engine=engine, now=now)
+    wake: list[Wake] = []
     try:
-        job = retry_on_disconnect(lambda: _begin(step, job_id, lease, settings, engine, now()))
+        job = retry_on_disconnect(
+            lambda: _begin(step, job_id, lease, settings, engine, now(), wake))
     except StaleTransition:
-        job = None
+        job, wake = None, []
+    deliver.send_now(engine, dispatch, wake, now())
     if job is None:
         log.info("step.skipped", job_id=job_id, step=step,
                  why="lease not held, lapsed, or state moved on (duplicate or stale message)")
@@ -112,10 +120,11 @@ def run_step(
 
 
 def _begin(step: str, job_id: str, lease: str, settings: Settings, engine: sa.Engine,
-           now: datetime) -> Job | None:
+           now: datetime, wake: list[Wake]) -> Job | None:
     """Take the job up under its lease and, for a job still in its waiting state, move it
     to its working state (queued → validating), in one transaction."""
     states = [s.value for s, name in STEP_FOR_STATE.items() if name == step]
+    wake.clear()  # a transaction retried on a fresh connection lists its events again
     with engine.begin() as conn:
         job = queries.take_up(conn, job_id, lease=lease, states=states, now=now,
                               lease_s=settings.lease_s)
@@ -125,7 +134,7 @@ def _begin(step: str, job_id: str, lease: str, settings: Settings, engine: sa.En
         if state in STARTS:
             version = transition(conn, job.id, source=state, target=STARTS[state],
                                  version=job.version, reason="picked up by a worker",
-                                 now=now, lease=lease)
+                                 now=now, lease=lease, wake=wake)
             job = job.model_copy(update={"state": STARTS[state].value, "version": version})
     return job
 
@@ -168,29 +177,35 @@ def _apply(job: Job, lease: str, outcome: Outcome | Retry, settings: Settings,
         return _advance(job, lease, state, outcome, settings, engine, dispatch, now)
     later = now + timedelta(seconds=outcome.delay_s)
     done = f"retry in {outcome.delay_s:.0f}s" if isinstance(outcome, Retry) else "waiting"
+    wake: list[Wake] = []
+    released: queries.Released | None
     try:
         with engine.begin() as conn:
             if isinstance(outcome, Retry):
-                held = queries.release_lease(conn, job.id, lease=lease, version=job.version,
-                                             next_run_at=later, last_error=outcome.error)
-            elif (outcome.provider_status and outcome.provider_status != job.provider_status
-                    and can_move(state, state)):
-                transition(conn, job.id, source=state, target=state, version=job.version,
-                           reason=f"provider status {outcome.provider_status}",
-                           provider_status=outcome.provider_status, next_run_at=later,
-                           lease_owner=None, lease_expires_at=None, attempts=0,
-                           last_error=None, now=now, lease=lease)
-                held = True
+                released = queries.release_lease(conn, job.id, lease=lease,
+                                                 version=job.version, next_run_at=later,
+                                                 last_error=outcome.error)
             else:
-                held = queries.release_lease(
-                    conn, job.id, lease=lease, version=job.version, next_run_at=later,
+                version = job.version
+                if (outcome.provider_status and outcome.provider_status != job.provider_status
+                        and can_move(state, state)):
+                    version = transition(conn, job.id, source=state, target=state,
+                                         version=version, now=now, lease=lease, wake=wake,
+                                         reason=f"provider status {outcome.provider_status}",
+                                         provider_status=outcome.provider_status)
+                released = queries.release_lease(
+                    conn, job.id, lease=lease, version=version, next_run_at=later,
                     attempts=0, provider_status=outcome.provider_status or job.provider_status)
     except StaleTransition:
-        held = False
-    if held:
-        return done
-    _hand_back(engine, job.id, lease, now)
-    return "stale"
+        released = None
+    if released is None:
+        _hand_back(engine, job.id, lease, now)
+        return "stale"
+    deliver.send_now(engine, dispatch, wake, now)
+    if released.poked:  # a provider's webhook said the job changed while this step asked
+        _rerun(engine, job.id, settings, dispatch, now)
+        return f"{done}; poked, so running again now"
+    return done
 
 
 def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Settings,
@@ -202,15 +217,17 @@ def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Set
         fields.update(lease_owner=next_lease,
                       lease_expires_at=now + timedelta(seconds=settings.lease_s),
                       next_run_at=now, attempts=0, last_error=None)
+    wake: list[Wake] = []
     try:
         with engine.begin() as conn:
             transition(conn, job.id, source=state, target=outcome.target,
                        version=job.version, reason=outcome.reason, data=outcome.data,
-                       now=now, lease=lease, **fields)
+                       now=now, lease=lease, wake=wake, **fields)
     except StaleTransition:
         _cancel_orphan(job, outcome, engine, settings)
         _hand_back(engine, job.id, lease, now)
         return "stale"
+    deliver.send_now(engine, dispatch, wake, now)
     if next_lease is not None:
         step = STEP_FOR_STATE[outcome.target]
         try:
@@ -219,6 +236,23 @@ def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Set
             log.warning("step.dispatch_failed", next_step=step, error=str(exc))
             _hand_back(engine, job.id, next_lease, now)
     return outcome.target.value
+
+
+def _rerun(engine: sa.Engine, job_id: str, settings: Settings, dispatch: Dispatch,
+           now: datetime) -> None:
+    """Claim the job again at once and send its step (unless someone else has it)."""
+    lease = new_id("lease")
+    with engine.begin() as conn:
+        state = queries.claim_job(conn, job_id, owner=lease, now=now,
+                                  until=now + timedelta(seconds=settings.lease_s))
+    if state is None:
+        return
+    step = STEP_FOR_STATE[State(state)]
+    try:
+        dispatch(step, job_id, lease)
+    except Exception as exc:  # the broker is down: the scheduler sends it instead
+        log.warning("step.dispatch_failed", next_step=step, error=str(exc))
+        _hand_back(engine, job_id, lease, now)
 
 
 def _hand_back(engine: sa.Engine, job_id: str, lease: str, now: datetime) -> None:

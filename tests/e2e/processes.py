@@ -1,4 +1,4 @@
-"""Real processes for the end-to-end tests: ``tunectl`` emulator, worker and scheduler.
+"""Real processes for the end-to-end tests: ``tunectl`` emulator, worker, scheduler and api.
 
 Every process a test starts goes through ``Procs``: it runs in its own session (so a
 SIGKILL of its process group takes the Celery main process and its pool children
@@ -321,6 +321,21 @@ class Stack:
         """Start ``tunectl scheduler`` and wait until it ticks."""
         proc = self.procs.start("scheduler", tunectl_argv("scheduler"), self.env())
         proc.wait_for_output("scheduler.started", timeout=60)
+        return proc
+
+    def start_api(self, port: int) -> Proc:
+        """Start ``tunectl api`` on ``port`` and wait until ``/healthz`` answers."""
+        proc = self.procs.start("api", tunectl_argv("api", "--port", str(port)), self.env())
+
+        def healthy() -> bool:
+            if not proc.alive():
+                raise AssertionError(f"api exited:\n{proc.tail()}")
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, timeout=60, interval=0.1, what="the api")
         return proc
 
     def cli(self, *args: str, timeout: float = 60) -> str:

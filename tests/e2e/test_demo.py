@@ -33,7 +33,8 @@ def visited_by(output: str, job: str) -> list[str]:
 def test_demo_shows_every_state_of_the_support_bot_job(tmp_path: Path, procs: Procs) -> None:
     """The demo exits 0 and prints the support-bot job going queued … succeeded, the
     DashScope job going on through deploying to succeeded with a deployed model, and the
-    Vertex job succeeding, after which its tuned endpoint answers from its dataset."""
+    Vertex job succeeding, after which its tuned endpoint answers from its dataset, and the
+    verified webhook of each job's outcome."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TUNECTL_", "OPENAI_", "GOOGLE_", "VERTEXAI_"))}
     env.update(TUNECTL_DATA_DIR=str(tmp_path / "data"), XDG_DATA_HOME=str(tmp_path / "xdg"),
@@ -57,5 +58,11 @@ def test_demo_shows_every_state_of_the_support_bot_job(tmp_path: Path, procs: Pr
     assert re.search(r"gemini-support's tuned model \(vertex_ai/gemini/\d+\) answers 'How do "
                      r"I reset my password\?':\n  Open Settings → Security → Reset password",
                      output), output
+    # Every outcome reached the demo's receiver, signed: it verified each one.
+    assert "webhooks: 6 of 6 jobs notified, every signature verified" in output
+    for event in ("job.succeeded for support-bot", "job.failed for broken-dataset",
+                  "job.deployed for qwen-support"):
+        assert re.search(rf"webhook\s+{event} \(webhook-id msg_\w+\), signature verified",
+                         output), f"no {event} line:\n{output}"
     assert (tmp_path / "data" / "demo" / "tunectl.db").exists(), "demo ran somewhere else"
     assert not (tmp_path / "home").exists(), "the demo wrote into HOME"

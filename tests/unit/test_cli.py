@@ -239,3 +239,85 @@ class TestDeploymentCommands:
         assert code == 2
         assert err == (f"error: {tmp_path / 'job.yaml'}: training_type: dpo_lora trains on "
                        "preference data; set method: dpo (the spec says sft)\n")
+
+
+HOOKED_SPEC = SPEC + """\
+notify:
+  - url: https://hooks.example.com/tunectl
+    secret: CLI_WEBHOOK_SECRET
+    events: [all]
+"""
+
+
+class TestWebhookCommands:
+    def test_deliveries_redeliver_endpoints_and_enable(
+            self, env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        from orchestrator.db.engine import get_engine
+        from tests.helpers import SECRET
+
+        monkeypatch.setenv("CLI_WEBHOOK_SECRET", SECRET)
+        tunectl(capsys, "db", "upgrade")
+        job_id = json.loads(tunectl(capsys, "submit", str(spec_file(tmp_path, HOOKED_SPEC)),
+                                    "--json")[1])["id"]
+        tunectl(capsys, "cancel", job_id)
+        listed = json.loads(tunectl(capsys, "webhooks", "deliveries", "--json")[1])
+        assert [(d["event_type"], d["status"], d["endpoint"]) for d in listed] == [
+            ("job.cancelled", "pending", "https://hooks.example.com/tunectl"),
+            ("job.queued", "pending", "https://hooks.example.com/tunectl")]
+        event = listed[0]["id"]
+        # As the deliver step leaves an event it could not deliver: dead, endpoint disabled.
+        with get_engine(f"sqlite:///{tmp_path}/data/tunectl.db").begin() as conn:
+            conn.exec_driver_sql(
+                "UPDATE webhook_deliveries SET status = 'dead', next_attempt_at = NULL, "
+                f"dead_at = created_at, attempts = 8, last_status_code = 410 WHERE id = '{event}'")
+            conn.exec_driver_sql(
+                "UPDATE webhook_endpoints SET state = 'disabled', disabled_at = created_at, "
+                "disabled_reason = '410 Gone'")
+
+        one = json.loads(tunectl(capsys, "webhooks", "deliveries", event, "--json")[1])
+        table = tunectl(capsys, "webhooks", "deliveries", "--job", job_id, "--status", "dead")[1]
+        shown = tunectl(capsys, "webhooks", "deliveries", event)[1]
+        endpoints_table = tunectl(capsys, "webhooks", "endpoints")[1]
+        refused = tunectl(capsys, "webhooks", "redeliver", event)
+        endpoints = json.loads(tunectl(capsys, "webhooks", "endpoints", "--json")[1])
+        enabled = tunectl(capsys, "webhooks", "enable", "https://hooks.example.com/tunectl")[1]
+        again = tunectl(capsys, "webhooks", "enable", "https://hooks.example.com/tunectl")[1]
+        code, out, _ = tunectl(capsys, "webhooks", "redeliver", event)
+        after = json.loads(tunectl(capsys, "webhooks", "deliveries", event, "--json")[1])
+
+        assert one["payload"]["type"] == "job.cancelled"
+        assert one["payload"]["data"]["job"]["id"] == job_id and one["attempt_log"] == []
+        assert event in table and "job.queued" not in table
+        assert f"{event} job.cancelled of job {job_id}" in shown and "dead" in shown
+        assert "disabled" in endpoints_table and "410 Gone" in endpoints_table
+        assert refused[0] == 2 and refused[2] == (
+            "error: endpoint https://hooks.example.com/tunectl is disabled (410 Gone); "
+            "`tunectl webhooks enable https://hooks.example.com/tunectl` first\n")
+        assert [(e["url"], e["state"]) for e in endpoints] == [
+            ("https://hooks.example.com/tunectl", "disabled")]
+        assert enabled.strip() == "https://hooks.example.com/tunectl: enabled"
+        assert again.strip() == "https://hooks.example.com/tunectl: already enabled"
+        assert code == 0 and out.startswith(f"{event}: job.cancelled to https://hooks.example")
+        assert (after["id"], after["status"], after["attempts"], after["attempt_limit"]) == (
+            event, "pending", 8, 9)
+
+    @pytest.mark.parametrize(("args", "expected"), [
+        pytest.param(("webhooks", "deliveries", "msg_nope"),
+                     "error: no webhook event 'msg_nope'; `tunectl webhooks deliveries` lists "
+                     "them", id="unknown-event"),
+        pytest.param(("webhooks", "redeliver", "msg_nope"),
+                     "error: no webhook event 'msg_nope'; `tunectl webhooks deliveries` lists "
+                     "them", id="redeliver-unknown"),
+        pytest.param(("webhooks", "enable", "https://nowhere.example.com/"),
+                     "error: no webhook endpoint 'https://nowhere.example.com/'; `tunectl "
+                     "webhooks endpoints` lists them", id="unknown-endpoint"),
+    ])
+    def test_webhook_errors_are_one_line(self, env: dict[str, str],
+                                         capsys: pytest.CaptureFixture[str],
+                                         args: tuple[str, ...], expected: str) -> None:
+        tunectl(capsys, "db", "upgrade")
+
+        code, _, err = tunectl(capsys, *args)
+
+        assert (code, err) == (2, expected + "\n")

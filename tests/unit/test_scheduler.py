@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import sqlalchemy as sa
 
 from orchestrator.config import Settings
 from orchestrator.db import queries
-from orchestrator.scheduler import Scheduler
+from orchestrator.db.models import JOBS
+from orchestrator.scheduler import MIN_PAUSE_S, Scheduler
 from orchestrator.states import STEP_FOR_STATE
 from tests.helpers import Clock, Pump, make_spec
 
@@ -189,3 +191,23 @@ class TestDeployments:
         assert deployment.state == "deleted"
         assert deployment.attempts > pump.settings.max_attempts
         assert pump.job(job_id).state == "succeeded"
+
+
+class TestPause:
+    def test_the_scheduler_wakes_when_the_next_job_falls_due_not_a_tick_later(
+            self, pump: Pump, tmp_path: Path) -> None:
+        tick = 2.0
+        scheduler = Scheduler(pump.settings.model_copy(update={"scheduler_tick_s": tick}),
+                              pump.engine, pump.dispatch, now=pump.clock)
+        assert scheduler.pause() == tick  # nothing to do: a whole tick
+        job = pump.submit(make_spec(tmp_path))
+        assert scheduler.pause() == MIN_PAUSE_S  # due already
+
+        with pump.engine.begin() as conn:
+            conn.execute(sa.update(JOBS).where(JOBS.c.id == job.id)
+                         .values(next_run_at=pump.clock() + timedelta(seconds=tick / 2)))
+        assert scheduler.pause() == pytest.approx(tick / 2)
+        with pump.engine.begin() as conn:
+            conn.execute(sa.update(JOBS).where(JOBS.c.id == job.id)
+                         .values(next_run_at=pump.clock() + timedelta(hours=1)))
+        assert scheduler.pause() == tick

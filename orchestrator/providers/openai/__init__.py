@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import httpx
 
 from orchestrator.config import Settings
-from orchestrator.providers.openai import translate
+from orchestrator.providers.base import ProviderWebhook
+from orchestrator.providers.openai import translate, webhooks
 from orchestrator.providers.openai.adapter import OpenAIClient
 from orchestrator.specs import JobSpec
 
@@ -34,6 +35,11 @@ class OpenAIPlugin:
             project=settings.openai_project,
             upload_timeout_s=settings.upload_deadline_s,
         )
+
+    def verify_webhook(self, settings: Settings, body: bytes,
+                       headers: Mapping[str, str]) -> ProviderWebhook:
+        """An OpenAI fine-tuning webhook, verified with ``OPENAI_WEBHOOK_SECRET``."""
+        return webhooks.verify(settings.credential("openai_webhook_secret"), body, headers)
 
     def emulator(self, *, job_duration_s: float, api_key: str | None) -> EmulatorMount:
         """The OpenAI emulator, at the root of `tunectl emulator`."""

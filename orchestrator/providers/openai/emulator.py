@@ -9,7 +9,12 @@ responses through the shared fault machinery (providers/emulation.py); admin rou
     GET  /_emulator/scenario    the current Scenario (fault counts left)
     PUT  /_emulator/scenario    replace it
     POST /_emulator/reset       forget all files, jobs and counters
-    GET  /_emulator/stats       files, jobs (by status), requests per route, faults injected
+    GET  /_emulator/stats       files, jobs (by status), requests per route, faults injected,
+                                webhooks delivered and failed
+    GET  /_emulator/jobs        every job's status and when it ended (for benchmarks)
+
+With the scenario's ``webhooks`` set, jobs that end send OpenAI's signed fine-tuning webhooks
+(emulator_webhooks.py).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from orchestrator.providers import emulation
 from orchestrator.providers.emulation import EmulatorMount, FaultMiddleware, Throttle, admin_routes
 from orchestrator.providers.openai import spec_schemas
 from orchestrator.providers.openai.emulator_state import ApiError, Scenario, Store
+from orchestrator.providers.openai.emulator_webhooks import WebhookSender
 
 __all__ = ["Scenario", "create_app", "mount", "serve"]
 
@@ -192,6 +198,11 @@ def list_events(
     return store.list_events(fine_tuning_job_id, after, limit)
 
 
+def ended_jobs(store: StoreDep) -> list[dict[str, Any]]:
+    """Every job's status and when it ended, unrounded (benchmarks measure from it)."""
+    return store.ended_jobs()
+
+
 def list_checkpoints(
     store: StoreDep,
     fine_tuning_job_id: str,
@@ -217,6 +228,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events", list_events),
     ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", list_checkpoints),
     *admin_routes(Scenario),
+    ("GET", "/_emulator/jobs", ended_jobs),
 ]
 
 
@@ -326,6 +338,7 @@ def create_app(
     app = FastAPI(title="OpenAI API emulator (tunectl)", openapi_url=None, docs_url=None,
                   redoc_url=None)
     app.state.store = Store(scenario or Scenario(), clock)
+    app.state.webhooks = WebhookSender(app.state.store, clock)
     for method, path, endpoint in ROUTES:
         app.add_api_route(path, endpoint, methods=[method])
     app.add_exception_handler(ApiError, _api_error)

@@ -3,6 +3,8 @@
 Nothing here knows HTTP (emulator.py maps it onto routes). Jobs advance lazily: every Store call
 first moves each live job along its timeline to "now", so no background thread is needed and an
 injected clock makes a whole lifecycle deterministic. Every public Store method holds the lock.
+With webhooks on, a job that ends queues its webhook event; emulator_webhooks.py sends them (and
+wakes the store when the next job is due to end, so that events are not late).
 """
 
 from __future__ import annotations
@@ -96,11 +98,25 @@ class JobFailure(BaseModel):
     param: str | None = None
 
 
+class WebhookTarget(BaseModel):
+    """Where the emulator sends OpenAI's fine-tuning webhooks, signed with ``secret`` (a
+    ``whsec_`` secret, as OpenAI's dashboard shows it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://\S+$", max_length=2000)
+    secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/=]{16,}$")
+    #: Tries per event (OpenAI retries for up to 72 hours; the emulator 1 s, 2 s, 4 s … apart).
+    attempts: int = Field(5, ge=1, le=20)
+
+
 class Scenario(FaultScenario):
     """How the emulator behaves; the defaults are a well-behaved server."""
 
     job_duration_s: float = Field(3.0, ge=0)  # 0: succeeded on the first read after creation
     fail_jobs: JobFailure | None = None  # every new job ends failed with this error
+    #: Send fine_tuning.job.succeeded|failed|cancelled webhooks when jobs end.
+    webhooks: WebhookTarget | None = None
     throttle: Throttle = Field(default_factory=lambda: Throttle(routes=API_ROUTES))
     server_errors: ServerErrors = Field(default_factory=lambda: ServerErrors(routes=API_ROUTES))
     latency: Latency = Field(default_factory=lambda: Latency(routes=API_ROUTES))
@@ -127,6 +143,22 @@ class StoredFile:
                 "created_at": self.created_at, "expires_at": self.expires_at,
                 "filename": self.filename, "purpose": self.purpose,
                 "status": "processed", "status_details": None}
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """A fine-tuning webhook event to send: a job ended."""
+
+    id: str
+    type: str
+    job_id: str
+    #: When the job ended, in clock seconds (the body's created_at is its whole seconds).
+    ended_at: float
+
+    def to_api(self) -> dict[str, Any]:
+        """The event body (WebhookFineTuningJobSucceeded and its siblings in the spec)."""
+        return {"id": self.id, "object": "event", "created_at": int(self.ended_at),
+                "type": self.type, "data": {"id": self.job_id}}
 
 
 @dataclass
@@ -161,6 +193,7 @@ class Job:
     run_from: float | None = None  # clock time the current run segment starts; None while paused
     reached: int = 0  # milestones already applied
     finished_at: int | None = None
+    ended_at: float | None = None  # finished_at to the clock's precision
     error: dict[str, Any] | None = None
     result_files: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -179,6 +212,12 @@ class Job:
         if self.run_from is None:
             return "paused"
         return "queued" if now < self.run_from else self.phase
+
+    def ends_at(self) -> float | None:
+        """The clock time the job will end at, while it runs (None when ended or paused)."""
+        if self.outcome is not None or self.run_from is None:
+            return None
+        return self.run_from + self.duration - self.base_elapsed
 
     @property
     def n_epochs(self) -> int:
@@ -287,11 +326,57 @@ def page(items: list[_T], key: Callable[[_T], str], after: str | None, limit: in
 class Store(FaultStore[Scenario]):
     """Files, jobs, request counters and the Scenario, behind one lock."""
 
+    #: Called (under the lock) when webhooks may have become due: a job was created or
+    #: ended, or the scenario changed; the webhook sender sets it.
+    on_change: Callable[[], None] | None = None
+
     def _reset(self) -> None:
         super()._reset()
         self._files: dict[str, StoredFile] = {}
         self._jobs: dict[str, Job] = {}
         self._seq_of: dict[str, int] = {}
+        self._webhooks: list[WebhookEvent] = []
+        self._webhook_counts: Counter[str] = Counter()
+
+    def _changed(self) -> None:
+        if self.on_change is not None and self._scenario.webhooks is not None:
+            self.on_change()
+
+    def replace_scenario(self, scenario: Scenario) -> None:
+        """Swap the whole scenario."""
+        super().replace_scenario(scenario)
+        with self._lock:
+            self._changed()
+
+    def take_webhooks(self) -> tuple[WebhookTarget | None, list[WebhookEvent], float | None]:
+        """The webhook target, the events to send now (taken), and the clock time the next
+        running job ends at (when the sender should look again)."""
+        with self._lock:
+            self._now()
+            events, self._webhooks = self._webhooks, []
+            ends = [t for j in self._jobs.values() if (t := j.ends_at()) is not None]
+            return self._scenario.webhooks, events, min(ends, default=None)
+
+    def count_webhook(self, outcome: str) -> None:
+        """Count one delivery attempt of a webhook ("delivered" or "failed")."""
+        with self._lock:
+            self._webhook_counts[outcome] += 1
+
+    def ended_jobs(self) -> list[dict[str, Any]]:
+        """Every job with its status and, once it ended, when (clock seconds, unrounded)."""
+        with self._lock:
+            now = self._now()
+            return [{"id": j.id, "status": j.status(now), "created_at": j.created_at,
+                     "ended_at": j.ended_at} for j in self._jobs.values()]
+
+    def _ended(self, job: Job, at: float) -> None:
+        """Record when a job ended and queue its webhook, if webhooks are on."""
+        job.ended_at = at
+        if self._scenario.webhooks is not None:
+            event_id, _ = self._issue("evt_")
+            self._webhooks.append(WebhookEvent(event_id, f"fine_tuning.job.{job.outcome}",
+                                               job.id, at))
+            self._changed()
 
     def _issue(self, prefix: str, length: int = 24) -> tuple[str, int]:
         object_id = new_id(prefix, length)
@@ -304,6 +389,9 @@ class Store(FaultStore[Scenario]):
             now = self._now()
             return {"files": len(self._live_files(now)), "jobs": len(self._jobs),
                     "jobs_by_status": dict(Counter(j.status(now) for j in self._jobs.values())),
+                    "webhooks": {"queued": len(self._webhooks),
+                                 "delivered": self._webhook_counts["delivered"],
+                                 "failed": self._webhook_counts["failed"]},
                     **self.fault_stats()}
 
     def _now(self) -> float:
@@ -425,6 +513,7 @@ class Store(FaultStore[Scenario]):
                 files += f" and validation file: {request['validation_file']}"
             self._event(job, now, f"Created fine-tuning job: {job_id}")
             self._event(job, now, f"Validating training file: {files}")
+            self._changed()
             return job.to_api(now)
 
     def list_jobs(self, after: str | None, limit: int,
@@ -459,6 +548,7 @@ class Store(FaultStore[Scenario]):
             job.base_elapsed, job.run_from = job.elapsed(now), None
             job.outcome, job.finished_at = "cancelled", int(now)
             self._event(job, now, "Fine-tuning job cancelled")
+            self._ended(job, now)
             return job.to_api(now)
 
     def pause_job(self, job_id: str) -> dict[str, Any]:
@@ -484,6 +574,7 @@ class Store(FaultStore[Scenario]):
                                     "resumed", param="fine_tuning_job_id")
             job.run_from = now + job.duration * QUEUED_SHARE
             self._event(job, now, "Fine-tuning job resumed")
+            self._changed()
             return job.to_api(now)
 
     def list_events(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
@@ -539,8 +630,10 @@ class Store(FaultStore[Scenario]):
             job.outcome, job.finished_at = "failed", int(at)
             job.error = job.failure.model_dump()
             self._event(job, at, f"Fine-tuning job failed: {job.failure.message}", level="error")
+            self._ended(job, at)
         else:
             self._succeed(job, at)
+            self._ended(job, at)
 
     def _checkpoint(self, job: Job, epoch: int, at: float) -> None:
         step, total = epoch * job.steps_per_epoch, job.n_epochs * job.steps_per_epoch

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from orchestrator.api.app import create_app
 from orchestrator.api.auth import hash_token
@@ -18,6 +19,8 @@ from tests.unit.test_cli import env  # noqa: F401  (the CLI's environment, a fix
 
 TOKENS = {"alpha": "tcl_alpha-0123456789abcdef", "beta": "tcl_beta-0123456789abcdef",
           "ops": "tcl_ops-0123456789abcdef"}
+#: OpenAI's webhook signing secret, so POST /webhooks/openai verifies rather than answers 503.
+WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="
 
 
 def auth(who: str) -> dict[str, str]:
@@ -29,7 +32,8 @@ def auth(who: str) -> dict[str, str]:
 def api_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"api_tokens": [
         ApiToken(name=f"{who}-token", project=who, sha256=hash_token(token),
-                 admin=who == "ops") for who, token in TOKENS.items()]})
+                 admin=who == "ops") for who, token in TOKENS.items()],
+        "openai_webhook_secret": SecretStr(WEBHOOK_SECRET)})
 
 
 @pytest.fixture

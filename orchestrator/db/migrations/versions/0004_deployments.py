@@ -2,7 +2,7 @@
 ``deploying`` job state; jobs.deployed_model.
 
 Revision ID: 0004
-Revises: 0002 (on the branch that adds it; re-chained after 0003 at merge)
+Revises: 0002 (0003 was never released)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ changes ``jobs`` in batch mode on SQLite (a table copy) must drop the views firs
 create them again after: SQLite refuses to rename a table into place under a view.
 
 Revision ID: 0006
-Revises: 0004 (on the branch that adds it; re-chained after 0005 at merge)
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

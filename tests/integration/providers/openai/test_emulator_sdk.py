@@ -6,6 +6,8 @@ httpx response hook, so each SDK call below is also a schema check.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import socket
 import threading
@@ -18,10 +20,12 @@ import openai
 import pytest
 import uvicorn
 
+from orchestrator.notify.receiver import Received, Receiver
 from orchestrator.providers.openai import spec_schemas
 from orchestrator.providers.openai.emulator import Scenario, create_app
 
 API_KEY = "sk-emulator-conformance"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"emulator-webhook-conformance-01").decode()
 TRAINING = b"".join(b'{"messages": [{"role": "user", "content": "q%d"}, '
                     b'{"role": "assistant", "content": "a%d"}]}\n' % (i, i) for i in range(12))
 DPO = b"".join(b'{"input": {"messages": [{"role": "user", "content": "q%d"}]}, '
@@ -305,3 +309,51 @@ def test_error_classes(make_client: Callable[..., openai.OpenAI]) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.files.create(file=("notes.txt", b"hi"), purpose="fine-tune")
     assert raised.value.param == "file"
+
+
+def test_the_webhooks_it_sends_are_what_the_official_sdk_verifies(
+        client: openai.OpenAI, admin: Callable[..., None], base_url: str) -> None:
+    """Each ended job (succeeded, failed, cancelled) sends one event that the SDK's
+    webhooks.unwrap() accepts and that matches the spec's schema; a failed delivery is
+    retried with the same webhook-id."""
+    answers = [500]  # the first delivery fails; every later one succeeds
+
+    def answer(received: Received) -> tuple[int, dict[str, str]]:
+        return (answers.pop(0) if answers else 200), {}
+
+    with Receiver(WEBHOOK_SECRET, respond=answer) as receiver:
+        admin(webhooks={"url": receiver.url, "secret": WEBHOOK_SECRET})
+        file = training_file(client)
+        ended = {
+            "succeeded": client.fine_tuning.jobs.create(model="gpt-4o-mini",
+                                                        training_file=file).id,
+            "failed": client.fine_tuning.jobs.create(
+                model="gpt-4o-mini", training_file=file,
+                metadata={"emulator_fail": "invalid_training_file"}).id,
+            "cancelled": client.fine_tuning.jobs.create(
+                model="gpt-4o-mini", training_file=file,
+                metadata={"emulator_duration_s": "60"}).id,
+        }
+        client.fine_tuning.jobs.cancel(ended["cancelled"])
+        deadline = time.monotonic() + 10
+        while len({r.webhook_id for r in receiver.received}) < 3 or len(receiver.received) < 4:
+            assert time.monotonic() < deadline, f"got {receiver.received}"
+            time.sleep(0.05)
+
+    received = receiver.received
+    retried = received[0].webhook_id
+    assert [r.webhook_id for r in received].count(retried) == 2
+    with openai.OpenAI(api_key=API_KEY, base_url=f"{base_url}/v1",
+                       webhook_secret=WEBHOOK_SECRET) as sdk:
+        events = {}
+        for request in received:
+            event = sdk.webhooks.unwrap(request.body, request.headers)
+            events[event.type] = event.data.id  # type: ignore[union-attr]
+            schema = f"WebhookFineTuningJob{event.type.rsplit('.', 1)[1].capitalize()}"
+            assert spec_schemas.validate(schema, json.loads(request.body)) == []
+            assert request.headers["user-agent"].startswith("OpenAI/1.0")
+            assert request.webhook_id.startswith("wh_")
+    assert events == {f"fine_tuning.job.{k}": v for k, v in ended.items()}
+    assert stats(base_url)["webhooks"] == {"queued": 0, "delivered": 3, "failed": 1}
+    jobs = {j["id"]: j for j in httpx.get(f"{base_url}/_emulator/jobs").json()}
+    assert all(jobs[job_id]["ended_at"] for job_id in ended.values())

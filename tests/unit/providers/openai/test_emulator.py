@@ -761,6 +761,6 @@ class TestAdmin:
 
         assert client.get("/_emulator/stats").json() == {
             "files": 0, "jobs": 0, "jobs_by_status": {}, "requests": {}, "throttled": 0,
-            "server_errors": 0}
+            "server_errors": 0, "webhooks": {"queued": 0, "delivered": 0, "failed": 0}}
         api_error(client.get(f"/v1/fine_tuning/jobs/{job['id']}"), 404)
         assert client.get("/_emulator/scenario").json()["job_duration_s"] == 7

@@ -1,0 +1,227 @@
+"""The delivery step against a real receiver on loopback: signatures, retries on the
+schedule, Retry-After, 3xx, 410, dead events, and every attempt in the database."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from openai import OpenAI
+
+from orchestrator.config import Settings
+from orchestrator.db import webhooks as rows
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import WebhookAttempt, WebhookDelivery
+from orchestrator.notify import deliver
+from orchestrator.notify.receiver import Received, Receiver
+from tests.helpers import (
+    OTHER_SECRET,
+    SECRET,
+    SECRET_NAME,
+    Clock,
+    claim_deliveries,
+    hooked_job,
+)
+from tests.unit.notify.test_ssrf import free_port
+
+LOOPBACK = [ipaddress.ip_network("127.0.0.1/32")]
+
+
+class Script:
+    """Answers a receiver gives, in order; the last one repeats."""
+
+    def __init__(self, *answers: int | tuple[int, dict[str, str]]) -> None:
+        self.answers = [a if isinstance(a, tuple) else (a, {}) for a in answers]
+
+    def __call__(self, received: Received) -> tuple[int, dict[str, str]]:
+        if not received.verified:
+            return 400, {}
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def hook_settings(settings: Settings, configure: Callable[..., None]) -> Settings:
+    configure()
+    return settings.model_copy(update={"webhook_allow_networks": LOOPBACK,
+                                       "webhook_retry_schedule_s": [0.0, 10.0, 100.0],
+                                       "webhook_timeout_s": 5.0})
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(SECRET, respond=Script(200)) as running:
+        yield running
+
+
+def event_for(engine: sa.Engine, url: str, clock: Clock, secret: str = SECRET_NAME) -> str:
+    """A job whose target gets every transition: its queued event is written at once."""
+    return hooked_job(engine, url, clock(), secret=secret)
+
+
+def attempt_due(engine: sa.Engine, settings: Settings, clock: Clock) -> list[str]:
+    """Claim every due delivery, as the scheduler does, and run one attempt of each."""
+    lease, claimed = claim_deliveries(engine, clock(), settings.webhook_lease_s)
+    return [deliver.run(d, lease, settings=settings, engine=engine, now=clock) for d in claimed]
+
+
+def state(engine: sa.Engine, delivery_id: str) -> tuple[WebhookDelivery, list[WebhookAttempt]]:
+    with session_scope(engine) as session:
+        found = rows.delivery(session, delivery_id)
+        assert found is not None
+        return found, rows.attempts(session, delivery_id)
+
+
+class TestDelivered:
+    def test_a_signed_event_is_delivered_and_its_attempt_logged(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock,
+            receiver: Receiver) -> None:
+        delivery_id = event_for(engine, receiver.url, clock)
+
+        assert attempt_due(engine, hook_settings, clock) == ["delivered"]
+
+        [got] = receiver.received
+        assert got.verified and got.webhook_id == delivery_id and got.type == "job.queued"
+        row, [attempt] = state(engine, delivery_id)
+        assert (row.status, row.attempts, row.delivered_at, row.next_attempt_at) == (
+            "delivered", 1, clock(), None)
+        assert (attempt.attempt, attempt.outcome, attempt.status_code) == (1, "delivered", 200)
+        assert attempt.latency_ms is not None and attempt.latency_ms > 0
+        assert attempt.response_snippet == '{"verified": true}'
+
+    def test_the_official_openai_sdk_verifies_it_too(self, engine: sa.Engine,
+                                                     hook_settings: Settings, clock: Clock,
+                                                     receiver: Receiver) -> None:
+        """Standard Webhooks is what OpenAI's SDK checks: a second, independent verifier."""
+        event_for(engine, receiver.url, clock)
+        attempt_due(engine, hook_settings, clock)
+
+        [got] = receiver.received
+        with OpenAI(api_key="sk-unused", webhook_secret=SECRET) as sdk:
+            sdk.webhooks.verify_signature(got.body, got.headers)
+
+    def test_while_a_secret_rotates_both_the_old_and_the_new_one_verify(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("ROTATING_SECRET", f"{OTHER_SECRET} {SECRET}")
+        with Receiver(SECRET) as old, Receiver(OTHER_SECRET) as new:
+            event_for(engine, old.url, clock, secret="ROTATING_SECRET")
+            event_for(engine, new.url, clock, secret="ROTATING_SECRET")
+
+            assert attempt_due(engine, hook_settings, clock) == ["delivered", "delivered"]
+            signature = old.received[0]
+        assert old.received[0].verified and new.received[0].verified
+        assert signature.webhook_id.startswith("msg_")
+
+
+class TestRetries:
+    def test_a_receiver_down_then_back_gets_the_event_with_the_same_id(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock) -> None:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/webhooks"
+        delivery_id = event_for(engine, url, clock)
+
+        assert attempt_due(engine, hook_settings, clock)[0].startswith("retry in")
+        clock.advance(5)
+        assert attempt_due(engine, hook_settings, clock) == []  # not due before ~10 s
+        clock.advance(10)
+        with Receiver(SECRET, port=port) as back:
+            assert attempt_due(engine, hook_settings, clock) == ["delivered"]
+
+        assert [r.webhook_id for r in back.verified()] == [delivery_id]
+        _, attempts = state(engine, delivery_id)
+        assert [(a.attempt, a.outcome) for a in attempts] == [(1, "failed"), (2, "delivered")]
+        assert "cannot reach" in (attempts[0].error or "")
+
+    @pytest.mark.parametrize(("status", "honoured"), [
+        pytest.param(429, True, id="429"),
+        pytest.param(503, True, id="503"),
+        pytest.param(500, False, id="500-retry-after-ignored"),
+    ])
+    def test_retry_after_is_respected_on_429_and_503(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock, status: int,
+            honoured: bool) -> None:
+        with Receiver(SECRET, respond=Script((status, {"retry-after": "60"}), 200)) as hook:
+            delivery_id = event_for(engine, hook.url, clock)
+            attempt_due(engine, hook_settings, clock)
+
+            row, [attempt] = state(engine, delivery_id)
+            assert attempt.status_code == status and attempt.outcome == "failed"
+            assert row.next_attempt_at is not None
+            wait = (row.next_attempt_at - clock()).total_seconds()
+            if honoured:
+                assert wait == pytest.approx(60, abs=0.1)
+            else:
+                assert 8 <= wait <= 12  # the schedule's 10 s, jittered ±20 %
+
+    def test_a_redirect_is_a_failure_and_is_not_followed(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock) -> None:
+        with Receiver(SECRET) as elsewhere, \
+                Receiver(SECRET, respond=Script((302, {"location": elsewhere.url}))) as hook:
+            delivery_id = event_for(engine, hook.url, clock)
+            assert attempt_due(engine, hook_settings, clock)[0].startswith("retry in")
+
+            row, [attempt] = state(engine, delivery_id)
+            assert (row.status, attempt.outcome, attempt.status_code, attempt.error) == (
+                "pending", "failed", 302, "HTTP 302")
+            assert elsewhere.received == []
+
+    def test_after_the_last_attempt_the_event_is_dead_and_keeps_its_attempts(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock) -> None:
+        with Receiver(SECRET, respond=Script(500)) as hook:
+            delivery_id = event_for(engine, hook.url, clock)
+            results = []
+            for _ in range(3):
+                results += attempt_due(engine, hook_settings, clock)
+                clock.advance(200)
+
+            assert results[-1] == "dead" and len(hook.received) == 3
+        row, attempts = state(engine, delivery_id)
+        assert (row.status, row.attempts, row.dead_at, row.last_status_code) == (
+            "dead", 3, clock() - timedelta(seconds=200), 500)
+        assert [a.status_code for a in attempts] == [500, 500, 500]
+        assert {r.webhook_id for r in hook.received} == {delivery_id}
+        assert attempt_due(engine, hook_settings, clock) == []
+
+
+class TestGone:
+    def test_a_410_disables_the_endpoint_and_its_events_die_without_being_sent(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock) -> None:
+        with Receiver(SECRET, respond=Script(410, 200)) as hook:
+            first = event_for(engine, hook.url, clock)
+            assert attempt_due(engine, hook_settings, clock) == ["dead"]
+            second = event_for(engine, hook.url, clock)
+            assert attempt_due(engine, hook_settings, clock) == ["dead"]
+
+            assert len(hook.received) == 1
+            row, [attempt] = state(engine, first)
+            assert (row.status, attempt.status_code) == ("dead", 410)
+            later, attempts = state(engine, second)
+            assert (later.status, later.attempts, attempts) == ("dead", 0, [])
+            assert (later.last_error or "").startswith("endpoint disabled: 410 Gone at ")
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql(
+                    "SELECT state FROM webhook_endpoints").scalar_one() == "disabled"
+
+
+class TestRefused:
+    def test_a_missing_secret_sends_nothing_and_is_retried(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock,
+            receiver: Receiver) -> None:
+        delivery_id = event_for(engine, receiver.url, clock, secret="NOT_SET_ANYWHERE")
+
+        assert attempt_due(engine, hook_settings, clock)[0].startswith("retry in")
+
+        _, [attempt] = state(engine, delivery_id)
+        assert attempt.outcome == "refused" and receiver.received == []
+        assert attempt.error == ("not sent: webhook secret NOT_SET_ANYWHERE is not set; export "
+                                 "it or set NOT_SET_ANYWHERE_FILE to a file holding whsec_ "
+                                 "followed by the base64 of 24 to 64 random bytes (several "
+                                 "separated by spaces while a secret is rotated)")

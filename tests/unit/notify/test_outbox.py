@@ -1,0 +1,240 @@
+"""The outbox: which events a transition writes, for whom, in its own transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import sqlalchemy as sa
+
+from orchestrator import jobs as job_ops
+from orchestrator.blobs import BlobStore
+from orchestrator.config import Settings
+from orchestrator.db.engine import session_scope
+from orchestrator.db.models import Job
+from orchestrator.db.transition import insert_job, transition
+from orchestrator.db.types import new_id
+from orchestrator.errors import SpecError, StaleTransition
+from orchestrator.notify.outbox import endpoint_id
+from orchestrator.states import State
+from tests.helpers import SECRET, SECRET_NAME, make_spec
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+SCHEMA = json.loads((Path(__file__).parents[3] / "docs" / "webhook-payload.schema.json")
+                    .read_text())
+HOOK = "https://hooks.example.com/tunectl"
+#: training → finalizing → succeeded, after the moves into training.
+TO_TRAINING = [State.VALIDATING, State.UPLOADING, State.SUBMITTING, State.TRAINING]
+
+
+def new_job(engine: sa.Engine, notify: list[dict[str, Any]] | None = None,
+            **fields: Any) -> str:
+    spec = {"notify": notify} if notify is not None else {}
+    job = Job(id=new_id("job"), name="hooked", provider="openai", base_model="gpt-4o-mini",
+              method="sft", spec=spec, spec_sha256="0" * 64, training_blob="0" * 64,
+              labels={"team": "support"}, **fields)
+    with session_scope(engine) as session:
+        insert_job(session, job, reason="test", now=NOW)
+    return job.id
+
+
+def walk(engine: sa.Engine, job_id: str, states: list[State], **last: Any) -> int:
+    """Move the job through ``states`` (from where it is); the last move gets ``last``."""
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        source, version = State(job.state), job.version
+    for i, target in enumerate(states):
+        fields = last if i == len(states) - 1 else {}
+        with session_scope(engine) as session:
+            version = transition(session, job_id, source=source, target=target,
+                                 version=version, reason=f"to {target}",
+                                 now=NOW + timedelta(seconds=version), **fields)
+        source = target
+    return version
+
+
+def deliveries(engine: sa.Engine) -> list[sa.Row[Any]]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(
+            "SELECT d.*, e.url FROM webhook_deliveries d "
+            "JOIN webhook_endpoints e ON e.id = d.endpoint_id ORDER BY d.seq, e.url")))
+
+
+def target(events: list[str] | None = None, url: str = HOOK) -> dict[str, Any]:
+    return {"url": url, "secret": SECRET_NAME,
+            "events": events or ["succeeded", "failed", "cancelled"]}
+
+
+@pytest.fixture(autouse=True)
+def _settings(configure: Callable[..., None]) -> None:
+    configure()
+
+
+class TestWhatIsWritten:
+    def test_a_succeeded_job_writes_one_event_for_its_endpoint(self, engine: sa.Engine) -> None:
+        job_id = new_job(engine, [target()])
+        walk(engine, job_id, TO_TRAINING)
+        assert deliveries(engine) == []  # the default events skip intermediate moves
+
+        seq = walk(engine, job_id, [State.FINALIZING, State.SUCCEEDED],
+                   fine_tuned_model="ft:gpt-4o-mini:emulator:x:1",
+                   result={"model_ref": {"provider": "openai",
+                                         "model": "ft:gpt-4o-mini:emulator:x:1"}})
+
+        [row] = deliveries(engine)
+        assert (row.job_id, row.seq, row.event_type, row.url) == (job_id, seq, "job.succeeded",
+                                                                 HOOK)
+        assert (row.status, row.attempts, row.secret_name, row.source) == (
+            "pending", 0, SECRET_NAME, "spec")
+        assert row.id.startswith("msg_") and row.endpoint_id == endpoint_id(HOOK)
+
+    def test_the_payload_follows_the_documented_schema(self, engine: sa.Engine) -> None:
+        job_id = new_job(engine, [target()], dataset={
+            "estimated_cost_usd": 0.42, "training": {"billed_tokens": 1234}})
+        walk(engine, job_id, [*TO_TRAINING, State.FINALIZING, State.SUCCEEDED],
+             fine_tuned_model="ft:m", provider_status="succeeded",
+             result={"model_ref": {"provider": "openai", "model": "ft:m"}})
+
+        payload = json.loads(deliveries(engine)[0].payload)
+        jsonschema.validate(payload, SCHEMA, format_checker=jsonschema.FormatChecker())
+        job = payload["data"]["job"]
+        assert payload["type"] == "job.succeeded"
+        assert (job["id"], job["name"], job["provider"], job["state"]) == (
+            job_id, "hooked", "openai", "succeeded")
+        assert job["model_ref"] == {"provider": "openai", "model": "ft:m"}
+        assert job["cost_estimate"] == {"usd": 0.42, "billed_tokens": 1234}
+        assert job["labels"] == {"team": "support"}
+        assert job["timings"]["duration_s"] == 6.0  # finished 6 transitions after creation
+        assert payload["data"]["transition"]["from"] == "finalizing"
+
+    def test_every_transition_for_a_target_that_asks_for_all(self, engine: sa.Engine) -> None:
+        job_id = new_job(engine, [target(["all"])])
+        walk(engine, job_id, [*TO_TRAINING, State.TRAINING, State.CANCELLING, State.CANCELLED])
+
+        rows = deliveries(engine)
+        assert [r.event_type for r in rows] == [
+            "job.queued", "job.validating", "job.uploading", "job.submitting", "job.training",
+            "job.training", "job.cancelling", "job.cancelled"]
+        assert [r.seq for r in rows] == list(range(1, 9))
+        for row in rows:
+            jsonschema.validate(json.loads(row.payload), SCHEMA)
+
+    @pytest.mark.parametrize(("events", "expected"), [
+        pytest.param(["succeeded"], "job.succeeded", id="succeeded-only"),
+        pytest.param(["deployed"], "job.deployed", id="deployed-only"),
+        pytest.param(["succeeded", "deployed"], "job.deployed", id="both-one-event"),
+        pytest.param(["failed"], None, id="neither"),
+    ])
+    def test_a_deployment_serving_is_one_event_per_endpoint(
+            self, engine: sa.Engine, events: list[str], expected: str | None) -> None:
+        job_id = new_job(engine, [target(events)])
+        walk(engine, job_id, [*TO_TRAINING, State.FINALIZING, State.DEPLOYING])
+
+        walk(engine, job_id, [State.SUCCEEDED], deployed_model="qwen-turbo-ft-dep")
+
+        assert [r.event_type for r in deliveries(engine)] == ([expected] if expected else [])
+
+    def test_an_undeployed_deployment_is_its_own_event(self, engine: sa.Engine) -> None:
+        job_id = new_job(engine, [target(["undeployed"])])
+        version = walk(engine, job_id, [*TO_TRAINING, State.FINALIZING, State.SUCCEEDED])
+
+        with session_scope(engine) as session:
+            transition(session, job_id, source=State.SUCCEEDED, target=State.SUCCEEDED,
+                       version=version, reason="deployment deleted: ttl", now=NOW,
+                       data={"event": "undeployed", "deployment_id": "dep_1"})
+
+        [row] = deliveries(engine)
+        assert row.event_type == "job.undeployed"
+        assert json.loads(row.payload)["data"]["transition"]["data"]["deployment_id"] == "dep_1"
+
+    def test_configured_endpoints_filter_by_event_and_join_the_specs(
+            self, engine: sa.Engine, configure: Callable[..., None]) -> None:
+        configure(TUNECTL_WEBHOOKS=[
+            {"url": "https://ops.example.com/all", "secret": SECRET_NAME, "events": ["all"]},
+            {"url": "https://ops.example.com/failures", "events": ["failed"]},
+            # The spec names this one too: still one event per endpoint.
+            {"url": HOOK, "secret": "OTHER_NAME", "events": ["all"]},
+        ])
+        job_id = new_job(engine, [target()])
+        walk(engine, job_id, [State.VALIDATING, State.FAILED], error="bad dataset")
+
+        got = [(r.url, r.event_type, r.source, r.secret_name) for r in deliveries(engine)]
+        assert got == [
+            (HOOK, "job.queued", "config", "OTHER_NAME"),
+            ("https://ops.example.com/all", "job.queued", "config", SECRET_NAME),
+            (HOOK, "job.validating", "config", "OTHER_NAME"),
+            ("https://ops.example.com/all", "job.validating", "config", SECRET_NAME),
+            (HOOK, "job.failed", "spec", SECRET_NAME),  # the spec's own target comes first
+            ("https://ops.example.com/all", "job.failed", "config", SECRET_NAME),
+            ("https://ops.example.com/failures", "job.failed", "config",
+             "TUNECTL_WEBHOOK_SECRET"),
+        ]
+
+
+class TestSameTransaction:
+    def test_a_rolled_back_transition_leaves_no_event(self, engine: sa.Engine) -> None:
+        job_id = new_job(engine, [target(["all"])])
+
+        with pytest.raises(RuntimeError), session_scope(engine) as session:
+            transition(session, job_id, source=State.QUEUED, target=State.CANCELLED,
+                       version=1, reason="x", now=NOW)
+            raise RuntimeError("crash before commit")
+
+        assert [r.event_type for r in deliveries(engine)] == ["job.queued"]
+
+    def test_a_stale_transition_writes_no_event(self, engine: sa.Engine) -> None:
+        job_id = new_job(engine, [target(["all"])])
+        walk(engine, job_id, [State.CANCELLED])
+
+        with pytest.raises(StaleTransition), session_scope(engine) as session:
+            transition(session, job_id, source=State.QUEUED, target=State.VALIDATING,
+                       version=1, reason="late", now=NOW)
+
+        assert [r.event_type for r in deliveries(engine)] == ["job.queued", "job.cancelled"]
+
+    def test_the_database_holds_the_secrets_name_never_the_secret(
+            self, engine: sa.Engine) -> None:
+        job_id = new_job(engine, [target(["all"])])
+        walk(engine, job_id, [State.CANCELLED])
+
+        with engine.connect() as conn:
+            for table in ("jobs", "job_transitions", "webhook_deliveries", "webhook_endpoints"):
+                dump = repr(conn.exec_driver_sql(f"SELECT * FROM {table}").all())
+                assert SECRET not in dump and SECRET.removeprefix("whsec_") not in dump
+        assert {r.secret_name for r in deliveries(engine)} == {SECRET_NAME}
+
+
+class TestCheckedAtSubmit:
+    @pytest.mark.parametrize(("notify", "expected"), [
+        pytest.param({"url": "http://169.254.169.254/latest"},
+                     "s.yaml: notify.0.url: 'http://169.254.169.254/latest' points at "
+                     "169.254.169.254 (a cloud metadata service); webhooks go only to public "
+                     "addresses (see TUNECTL_WEBHOOK_ALLOW_NETWORKS)", id="metadata-url"),
+        pytest.param({"url": HOOK, "secret": "NOBODY_SET_THIS"},
+                     "s.yaml: notify.0.secret: webhook secret NOBODY_SET_THIS is not set; "
+                     "export it or set NOBODY_SET_THIS_FILE to a file holding whsec_ followed "
+                     "by the base64 of 24 to 64 random bytes (several separated by spaces "
+                     "while a secret is rotated)", id="secret-not-set"),
+        pytest.param({"url": HOOK}, "s.yaml: notify.0.secret: webhook secret "
+                     "TUNECTL_WEBHOOK_SECRET is not set", id="default-secret-not-set"),
+        pytest.param({"url": HOOK, "secret": "OPENAI_API_KEY"},
+                     "s.yaml: notify.0.secret: webhook secret OPENAI_API_KEY must be whsec_ "
+                     "followed by the base64", id="not-a-webhook-secret"),
+    ])
+    def test_a_target_that_could_never_be_delivered_is_a_spec_error(
+            self, settings: Settings, engine: sa.Engine, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch, notify: dict[str, Any], expected: str) -> None:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-not-a-webhook-secret-123456")
+        spec = make_spec(tmp_path, notify=[notify])
+        with pytest.raises(SpecError) as raised:
+            job_ops.submit(engine, BlobStore(settings.blob_dir), spec, source="s.yaml",
+                           project="default")
+        assert str(raised.value).startswith(expected)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one() == 0
