@@ -9,6 +9,7 @@
     │   ├── JobNotFound           no job has that id
     │   ├── IdempotencyConflict   an idempotency key was reused with a different spec
     │   ├── CannotCancel          the job is past the point where it can be cancelled
+    │   ├── InvalidCursor         a list cursor this server never gave out
     │   └── DatabaseNotMigrated   the database schema is not at the code's revision
     ├── BlobStoreError            the dataset store (an object store) failed; worth retrying
     ├── TransitionError           a state change was refused and nothing was written
@@ -70,6 +71,10 @@ class IdempotencyConflict(UserError):
 
 class CannotCancel(UserError):
     """The job cannot be cancelled in its state (or kept changing while we tried)."""
+
+
+class InvalidCursor(UserError):
+    """A list's cursor is not one this server gave out."""
 
 
 class DatabaseNotMigrated(UserError):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
 
 from orchestrator import jobs as job_ops
@@ -59,6 +61,30 @@ Label = Annotated[str, StringConstraints(
     pattern=r"^[a-z0-9][a-z0-9_.\-/]{0,62}=[^\x00]{0,256}$")]
 JobId = Annotated[str, Path(min_length=1, max_length=40, pattern=TEXT,
                             description="A job id (job_…).")]
+
+
+def _instant(value: Any) -> Any:
+    """An ISO 8601 time with a zone, as a UTC datetime. Pydantic alone would also take a
+    number (as Unix seconds), and a time that UTC puts outside the years 1 to 9999, which
+    no database column holds."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError("datetime_format", "Input should be an ISO 8601 time with "
+                                  "a time zone, like 2026-01-31T12:00:00Z") from None
+    if parsed.tzinfo is None:
+        return parsed  # AwareDatetime refuses it, saying so
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError("datetime_range", "Input should be a time within the years "
+                                  "1 to 9999 once in UTC") from None
+
+
+#: A point in time in a query: ISO 8601 with a time zone, within the years 1 to 9999 in UTC.
+Instant = Annotated[AwareDatetime, BeforeValidator(_instant)]
 
 
 class ApiJobSpec(JobSpec):
@@ -228,9 +254,9 @@ def list_jobs(
     provider: Annotated[str | None, Query(max_length=40, pattern=TEXT)] = None,
     label: Annotated[list[Label] | None, Query(
         description="key=value; repeat it to require several labels")] = None,
-    created_after: Annotated[AwareDatetime | None, Query(
+    created_after: Annotated[Instant | None, Query(
         description="Only jobs created at or after this time (with a time zone).")] = None,
-    created_before: Annotated[AwareDatetime | None, Query(
+    created_before: Annotated[Instant | None, Query(
         description="Only jobs created before this time (with a time zone).")] = None,
     project: Annotated[str | None, Query(
         max_length=64, pattern=TEXT,
