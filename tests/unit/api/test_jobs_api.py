@@ -110,6 +110,20 @@ class TestSubmit:
                                         "remove it"
         assert query.status_code == 422 and path.status_code == 422
 
+    def test_a_spec_nested_too_deeply_is_refused_in_one_line(
+            self, client: TestClient, tmp_path: Path) -> None:
+        """PyYAML recurses per nesting level: schemathesis found the 500."""
+        deep = "[" * 1_000
+        as_yaml = client.post("/v1/jobs", headers={**auth("alpha"),
+                                                   "content-type": "application/yaml"},
+                              content=deep)
+        as_part = client.post("/v1/jobs", headers=auth("alpha"), data={"spec": deep},
+                              files={"training_file": ("t.jsonl", b"{}\n")})
+
+        for response in (as_yaml, as_part):
+            assert response.status_code == 400
+            assert response.json()["detail"] == "request body:1: nested too deeply"
+
     def test_another_content_type_is_refused(self, client: TestClient) -> None:
         response = client.post("/v1/jobs", headers={**auth("alpha"),
                                                     "content-type": "text/plain"},
