@@ -24,9 +24,16 @@
             └── ProviderRejected      400/404/422 and other 4xx
 
 Constructors take plain keyword values so that exceptions survive pickling across processes.
+``one_line`` describes any exception in one line, for a log or a wrapping error.
 """
 
 from __future__ import annotations
+
+
+def one_line(exc: BaseException) -> str:
+    """``<class>: <first line of the message>``, for a log line or an error that wraps it."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 class TunectlError(Exception):

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import yaml
 from fastapi.testclient import TestClient
+from structlog.testing import capture_logs
 
+from orchestrator.api.problems import DATABASE_DOWN
 from orchestrator.config import Settings
+from orchestrator.db.engine import make_engine
 from orchestrator.db.types import utcnow
 from orchestrator.providers.openai.emulator import Scenario
 from tests.helpers import Clock, Pump, in_process_emulator, write_dataset
@@ -262,16 +267,89 @@ class TestOperations:
         assert ready.status_code == 200, ready.text
         assert ready.json() == {"database": "ok", "broker": "ok"}
 
-    def test_readiness_fails_when_the_broker_does_not_answer(
+    def test_readiness_fails_when_the_broker_does_not_answer_naming_no_host(
             self, api_settings: Settings, engine: sa.Engine) -> None:
         from orchestrator.api.app import create_app
 
-        down = api_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
-        with TestClient(create_app(down, engine)) as client:
+        down = api_settings.model_copy(update={"broker_url": "redis://:hunter2@127.0.0.1:1/0"})
+        with TestClient(create_app(down, engine)) as client, capture_logs() as logs:
             ready = client.get("/readyz")
 
         assert ready.status_code == 503
-        assert ready.json()["database"] == "ok" and ready.json()["broker"] != "ok"
+        assert ready.json() == {"database": "ok", "broker": "unavailable"}
+        assert [e["dependency"] for e in logs if e["event"] == "api.not_ready"] == ["broker"]
+
+    def test_readiness_names_an_unmigrated_database_without_its_url(
+            self, api_settings: Settings, tmp_path: Path) -> None:
+        from orchestrator.api.app import create_app
+
+        empty = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+        with TestClient(create_app(api_settings, empty)) as client:
+            ready = client.get("/readyz")
+        empty.dispose()
+
+        assert ready.status_code == 503
+        assert ready.json()["database"] == "not migrated: run `tunectl db upgrade`"
+
+
+class TestDatabaseDown:
+    """A database that does not answer is a 503 on every route that needs it, with a
+    generic line: the driver's message (host, port, user) goes to the log only."""
+
+    URL = "postgresql://tunectl:hunter2@127.0.0.1:1/tunectl"
+
+    @pytest.fixture
+    def down(self, api_settings: Settings) -> Iterator[TestClient]:
+        from orchestrator.api.app import create_app
+
+        engine = make_engine(self.URL)
+        with TestClient(create_app(api_settings, engine)) as client:
+            yield client
+        engine.dispose()
+
+    @pytest.mark.parametrize(("method", "path", "who"), [
+        ("POST", "/v1/jobs", "alpha"), ("POST", "/v1/datasets", "alpha"),
+        ("GET", "/v1/jobs", "alpha"), ("GET", "/v1/jobs/job_x", "alpha"),
+        ("GET", "/v1/jobs/job_x/history", "alpha"), ("GET", "/v1/jobs/job_x/events", "alpha"),
+        ("POST", "/v1/jobs/job_x/cancel", "alpha"), ("GET", "/metrics", "ops"),
+    ])
+    def test_every_route_that_needs_it_is_a_503_naming_no_host(
+            self, down: TestClient, method: str, path: str, who: str) -> None:
+        body: dict[str, Any] = {"json": {**SPEC, "training_file": "sha256:" + "a" * 64}} \
+            if path == "/v1/jobs" else {"content": b"{}\n"} if method == "POST" else {}
+        with capture_logs() as logs:
+            response = down.request(method, path, headers=auth(who), **body)
+
+        assert response.status_code == 503, response.text
+        assert response.json() == {"detail": DATABASE_DOWN}
+        assert response.headers["retry-after"] == "5"
+        logged = [e for e in logs if e["event"] == "api.database_unavailable"]
+        assert logged and "127.0.0.1" in logged[0]["error"]
+
+    def test_readiness_says_unavailable_and_logs_why(self, down: TestClient) -> None:
+        with capture_logs() as logs:
+            ready = down.get("/readyz")
+
+        assert ready.status_code == 503
+        assert ready.json()["database"] == "unavailable"
+        assert "127.0.0.1" not in ready.text and "hunter2" not in ready.text
+        assert any(e["event"] == "api.not_ready" and "OperationalError" in e["error"]
+                   for e in logs)
+
+    @pytest.mark.parametrize(("exc", "unavailable"), [
+        (sa.exc.OperationalError("SELECT 1", {}, Exception("server closed")), True),
+        (sa.exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True),
+         True),
+        (sa.exc.TimeoutError("QueuePool limit reached"), True),
+        (sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")), False),
+        (sa.exc.DataError("INSERT", {}, Exception("value too long")), False),
+    ])
+    def test_only_an_unreachable_database_is_a_503(self, exc: Exception,
+                                                     unavailable: bool) -> None:
+        """A constraint or a bad statement is a bug: the server's 500, with its traceback."""
+        from orchestrator.api.problems import _unavailable
+
+        assert _unavailable(exc) is unavailable
 
     def test_metrics_need_an_admin_token_and_count_the_fleet(
             self, client: TestClient, tmp_path: Path) -> None:
