@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     api_url: str = ""
     #: The CLI's bearer token for api_url.
     api_token: SecretStr | None = None
+    #: GET /v1/jobs/{id}/events asks the provider now: its timeout, how long its answer is
+    #: kept per job, and how many such calls may run at once (more are a 503).
+    api_events_timeout_s: float = Field(default=5.0, gt=0)
+    api_events_cache_s: float = Field(default=5.0, ge=0)
+    api_events_concurrency: int = Field(default=4, ge=1)
     #: A scheduler or worker serves its own /metrics on this port (0: none).
     metrics_port: int = Field(default=0, ge=0, le=65535)
 

@@ -22,6 +22,7 @@ from starlette.datastructures import UploadFile
 
 from orchestrator import jobs as job_ops
 from orchestrator.api.auth import Caller, caller
+from orchestrator.api.events import Busy, ProviderEvents
 from orchestrator.api.problems import responses
 from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings
@@ -45,6 +46,7 @@ class ApiState:
     settings: Settings
     engine: sa.Engine
     blobs: BlobStore
+    events: ProviderEvents
 
 
 def api_state(request: Request) -> ApiState:
@@ -300,14 +302,20 @@ def job_history(job_id: JobId, state: State_, who: Who) -> list[TransitionDoc]:
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[EventDoc],
-            summary="The provider job's events", responses=responses(401, 404, 422, 502))
+            summary="The provider job's events", responses=responses(401, 404, 422, 502, 503))
 def job_events(job_id: JobId, state: State_, who: Who,
                limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[EventDoc]:
-    """The provider job's newest events, fetched from the provider now (empty before the
-    provider job exists)."""
+    """The provider job's newest events, fetched from the provider (empty before the
+    provider job exists); an answer is kept a few seconds, and too many fetches at once
+    are a 503 with Retry-After (docs/api.md)."""
     with session_scope(state.engine) as session:
         job = job_ops.get(session, job_id, who.scope)
-    return [EventDoc.of(e) for e in job_ops.provider_events(state.settings, job, limit)]
+    try:
+        events = state.events.fetch(job, limit)
+    except Busy as exc:
+        raise HTTPException(503, str(exc),
+                            headers={"Retry-After": str(Busy.retry_after_s)}) from None
+    return [EventDoc.of(e) for e in events]
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobDoc, summary="Cancel a job",

@@ -13,7 +13,7 @@ from orchestrator.errors import (
     ProviderUnavailable,
     RateLimited,
 )
-from orchestrator.providers.http import ErrorInfo, retry_after, send
+from orchestrator.providers.http import ErrorInfo, retry_after, send, time_limit
 
 
 def describe(response: httpx.Response) -> ErrorInfo:
@@ -112,3 +112,22 @@ def test_an_upload_past_its_deadline_fails_as_retryable(tmp_path: object) -> Non
     with pytest.raises(ProviderUnavailable, match=r"did not finish within 0\.01 s"):
         body.read(4)
     assert body.tell() == 4  # everything else reaches the file
+
+
+def test_calls_inside_a_time_limit_time_out_sooner() -> None:
+    seen: list[dict[str, float]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200, json={})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler), timeout=60)
+    for limit in (2.5, None):
+        request = client.build_request("GET", "https://api.test/x")
+        if limit is None:
+            send(client, request, provider="p", operation="op", describe_error=describe)
+        else:
+            with time_limit(limit):
+                send(client, request, provider="p", operation="op", describe_error=describe)
+
+    assert set(seen[0].values()) == {2.5} and set(seen[1].values()) == {60.0}
