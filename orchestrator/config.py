@@ -8,14 +8,15 @@ given as a file: ``<NAME>_FILE`` holding the path (Docker and Kubernetes secrets
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orchestrator.errors import MissingCredential
+from orchestrator.errors import MissingCredential, UserError
 
 #: A step may run for this share of its job's lease (Celery's task_time_limit is set from it).
 STEP_SHARE_OF_LEASE = 0.9
@@ -27,6 +28,19 @@ def default_data_dir() -> Path:
     return Path(base) / "tunectl"
 
 
+#: A project's name (jobs.project): what every front door checks a project against.
+PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,63}$"
+Project = Annotated[str, Field(pattern=PROJECT_PATTERN)]
+
+
+def check_project(value: object, where: str) -> str:
+    """``value`` if it is a project name; else a UserError naming ``where``."""
+    if isinstance(value, str) and re.match(PROJECT_PATTERN, value):
+        return value
+    raise UserError(f"{where} {str(value)[:80]!r}: must be 1-64 lower-case letters, digits, "
+                    "'_', '.' or '-', starting with a letter or digit")
+
+
 class ApiToken(BaseModel):
     """One API bearer token, as configured: only its SHA-256 is ever stored."""
 
@@ -35,8 +49,8 @@ class ApiToken(BaseModel):
     #: Who holds it (shown in logs, never the token).
     name: str = Field(min_length=1, max_length=64)
     #: The project whose jobs it sees and submits.
-    project: str = Field(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
-    #: Hex SHA-256 of the token (`tunectl api token` prints both).
+    project: Project
+    #: Hex SHA-256 of the token (`tunectl api-token` prints both).
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     #: Operator token: also sees and cancels every project's jobs, and reads /metrics.
     admin: bool = False
@@ -91,7 +105,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     #: The project of jobs submitted with the local CLI (API jobs take their token's).
-    default_project: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+    default_project: Project = "default"
     #: Where datasets are stored for every machine: empty for the local blob directory, or
     #: an fsspec URL (s3://bucket/prefix, gs://bucket/prefix); then the local directory is a
     #: cache of it.

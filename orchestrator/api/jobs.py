@@ -25,7 +25,7 @@ from orchestrator.api.auth import Caller, caller
 from orchestrator.api.events import Busy, ProviderEvents
 from orchestrator.api.problems import responses
 from orchestrator.blobs import BlobStore
-from orchestrator.config import Settings
+from orchestrator.config import PROJECT_PATTERN, Settings
 from orchestrator.db import deployments as deployment_rows
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import UploadedDataset
@@ -261,8 +261,7 @@ def list_jobs(
     created_before: Annotated[Instant | None, Query(
         description="Only jobs created before this time (with a time zone).")] = None,
     project: Annotated[str | None, Query(
-        max_length=64, pattern=TEXT,
-        description="Admin tokens: only this project's jobs.")] = None,
+        pattern=PROJECT_PATTERN, description="Admin tokens: only this project's jobs.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=400, pattern=r"^[A-Za-z0-9_-]+$",
                                         description="The next_cursor of the page before.")
