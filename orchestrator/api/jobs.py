@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -31,7 +32,7 @@ from orchestrator.db.engine import session_scope
 from orchestrator.db.models import UploadedDataset
 from orchestrator.documents import DeploymentDoc, EventDoc, JobDoc, TransitionDoc
 from orchestrator.errors import DatasetError, SpecError
-from orchestrator.specs import JobSpec, parse_spec, read_document
+from orchestrator.specs import JobSpec, checked_plugin, parse_spec, read_document
 from orchestrator.states import State
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -154,45 +155,57 @@ async def submit(request: Request, state: State_, who: Who) -> JSONResponse:
     created (200) instead of a new one (201)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        data, lines, datasets = await _multipart(request, state, who)
+        spec, datasets = await _multipart(request, state, who)
     elif content_type == "application/json" or content_type in _YAML:
         data, lines = read_document(await request.body(), _SOURCE,
                                     as_json=content_type == "application/json")
-        datasets = None
+        spec, datasets = parse_spec(data, _SOURCE, lines), None
     else:
         raise HTTPException(415, f"Content-Type {content_type or 'missing'}: send the spec as "
                                  "application/json, application/yaml or multipart/form-data")
-    result = await run_in_threadpool(_submit, state, who, data, lines, datasets)
+    result = await run_in_threadpool(_submit, state, who, spec, datasets)
     doc = SubmittedDoc(**JobDoc.of(result.job).model_dump(), created=result.created)
     return JSONResponse(doc.doc(), status_code=201 if result.created else 200)
 
 
 async def _multipart(request: Request, state: ApiState,
-                     who: Caller) -> tuple[Any, dict[str, int], job_ops.Datasets]:
+                     who: Caller) -> tuple[JobSpec, job_ops.Datasets]:
+    """The spec and its datasets from a multipart submit. The spec is parsed and checked
+    against its provider before a dataset is stored, so a refused submit stores nothing."""
     async with request.form(max_files=2, max_fields=1) as form:
-        spec, training, validation = (form.get("spec"), form.get("training_file"),
+        text, training, validation = (form.get("spec"), form.get("training_file"),
                                       form.get("validation_file"))
-        if not isinstance(spec, str):
+        if not isinstance(text, str):
             raise SpecError(_SOURCE, "spec", "is required: a form field holding the spec")
         if not isinstance(training, UploadFile):
             raise SpecError(_SOURCE, "training_file", "is required: a file part holding the "
                             "training dataset")
         if validation is not None and not isinstance(validation, UploadFile):
             raise SpecError(_SOURCE, "validation_file", "must be a file part")
-        data, lines = read_document(spec.encode(), _SOURCE,
-                                    as_json=spec.lstrip().startswith("{"))
+        data, lines = read_document(text.encode(), _SOURCE,
+                                    as_json=text.lstrip().startswith("{"))
         if not isinstance(data, dict):
             raise SpecError(_SOURCE, "spec", "a spec must be a mapping of fields (name, "
                             "provider, …)")
+        # The parts replace whatever the spec names; they are checked once stored.
+        data["training_file"] = _PART
+        if validation:
+            data["validation_file"] = _PART
+        else:
+            data.pop("validation_file", None)
+        spec = parse_spec(data, _SOURCE, lines)
+        checked_plugin(spec, _SOURCE)
         stored = job_ops.Datasets(await _store(state, who, training, "training_file"),
                                   await _store(state, who, validation, "validation_file")
                                   if validation else None)
-    data["training_file"] = f"sha256:{stored.training}"
+    names = {"training_file": PurePath(f"sha256:{stored.training}")}
     if stored.validation:
-        data["validation_file"] = f"sha256:{stored.validation}"
-    else:
-        data.pop("validation_file", None)
-    return data, lines, stored
+        names["validation_file"] = PurePath(f"sha256:{stored.validation}")
+    return spec.model_copy(update=names), stored
+
+
+#: What a multipart spec's dataset fields hold while they are checked.
+_PART = "(the file part)"
 
 
 async def _store(state: ApiState, who: Caller, upload: UploadFile, label: str) -> str:
@@ -212,9 +225,8 @@ def _record_upload(engine: sa.Engine, project: str, sha: str, size: int) -> None
         pass  # a concurrent upload of the same dataset recorded it
 
 
-def _submit(state: ApiState, who: Caller, data: Any, lines: dict[str, int],
+def _submit(state: ApiState, who: Caller, spec: JobSpec,
             datasets: job_ops.Datasets | None) -> job_ops.Submitted:
-    spec = parse_spec(data, _SOURCE, lines)
     if datasets is None:
         def owned(sha: str) -> bool:
             with session_scope(state.engine) as session:

@@ -115,6 +115,28 @@ class TestSubmit:
                                         "remove it"
         assert query.status_code == 422 and path.status_code == 422
 
+    @pytest.mark.parametrize(("change", "why"), [
+        pytest.param({"trainig_file": "x"}, "trainig_file: is not a known field",
+                     id="invalid-spec"),
+        pytest.param({"hyperparameters": {"n_epochs": 99}},
+                     'hyperparameters.n_epochs: must be an integer from 1 to 50',
+                     id="refused-by-the-provider-plugin"),
+    ])
+    def test_a_refused_multipart_submit_stores_nothing(
+            self, client: TestClient, api_settings: Settings, engine: sa.Engine,
+            tmp_path: Path, change: dict[str, object], why: str) -> None:
+        dataset = write_dataset(tmp_path / "train.jsonl")
+        response = client.post("/v1/jobs", headers=auth("alpha"),
+                               data={"spec": json.dumps({**SPEC, **change})},
+                               files={"training_file": ("t.jsonl", dataset.read_bytes())})
+
+        assert response.status_code == 400 and why in response.json()["detail"]
+        blobs = api_settings.blob_dir
+        assert not blobs.exists() or not [p for p in blobs.rglob("*") if p.is_file()]
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM uploaded_datasets"
+                                        ).scalar_one() == 0
+
     def test_a_spec_nested_too_deeply_is_refused_in_one_line(
             self, client: TestClient, tmp_path: Path) -> None:
         """PyYAML recurses per nesting level: schemathesis found the 500."""
