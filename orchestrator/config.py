@@ -1,8 +1,9 @@
 """Settings: the only place environment variables and secret files are read.
 
 Every setting has the env prefix ``TUNECTL_`` except provider credentials, which use the
-variables each provider's own tools read (``OPENAI_API_KEY`` …). A credential may also be
-given as a file: ``<NAME>_FILE`` holding the path (Docker and Kubernetes secrets).
+variables each provider's own tools read (``OPENAI_API_KEY`` …). A credential, and the
+database and broker URLs (they hold passwords), may also be given as a file:
+``<NAME>_FILE`` holding the path (Docker and Kubernetes secrets, systemd credentials).
 """
 
 from __future__ import annotations
@@ -136,9 +137,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derive_urls(self) -> Settings:
         if not self.database_url:
-            self.database_url = f"sqlite:///{self.data_dir / 'tunectl.db'}"
+            self.database_url = (_secret_file("TUNECTL_DATABASE_URL")
+                                 or f"sqlite:///{self.data_dir / 'tunectl.db'}")
         if not self.broker_url:
-            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+            self.broker_url = (_secret_file("TUNECTL_BROKER_URL")
+                               or f"sqla+sqlite:///{self.data_dir / 'broker.db'}")
         if self.lease_s <= 0 or self.poll_interval_s <= 0 or self.scheduler_tick_s <= 0:
             raise ValueError("lease_s, poll_interval_s and scheduler_tick_s must be positive")
         if self.deploy_ttl_hours < 0 or self.deploy_timeout_s <= 0:
@@ -167,19 +170,26 @@ class Settings(BaseSettings):
     def credential(self, name: str) -> str:
         """Return a provider credential by setting name, or raise MissingCredential."""
         value: SecretStr | None = getattr(self, name)
-        if value is None:
-            env = name.upper().removeprefix("TUNECTL_")
-            file_var = f"{env}_FILE"
-            path = os.environ.get(file_var)
-            if path:
-                try:
-                    return Path(path).read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    raise MissingCredential(
-                        f"{file_var}={path} cannot be read ({exc.strerror}); fix the path"
-                    ) from exc
-            raise MissingCredential(f"{env} is not set; export it or set {file_var} to a file")
-        return value.get_secret_value()
+        if value is not None:
+            return value.get_secret_value()
+        env = name.upper().removeprefix("TUNECTL_")
+        from_file = _secret_file(env)
+        if from_file is None:
+            raise MissingCredential(f"{env} is not set; export it or set {env}_FILE to a file")
+        return from_file
+
+
+def _secret_file(env: str) -> str | None:
+    """The contents (stripped) of the file ``<env>_FILE`` names, or None if it names none;
+    raises MissingCredential if the file cannot be read."""
+    path = os.environ.get(f"{env}_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise MissingCredential(f"{env}_FILE={path} cannot be read ({exc.strerror}); "
+                                "fix the path") from exc
 
 
 @lru_cache(maxsize=1)

@@ -5,7 +5,7 @@
     │   ├── SpecError             a job spec is invalid (file, field, reason)
     │   ├── DatasetError          a dataset is unusable (file:line, reason)
     │   ├── UnknownProvider       the spec names a provider no plugin provides
-    │   ├── MissingCredential     a provider key is not configured
+    │   ├── MissingCredential     a provider key (or a secret file) is not configured
     │   ├── JobNotFound           no job has that id
     │   ├── IdempotencyConflict   an idempotency key was reused with a different spec
     │   ├── CannotCancel          the job is past the point where it can be cancelled
@@ -65,7 +65,7 @@ class UnknownProvider(UserError):
 
 
 class MissingCredential(UserError):
-    """A provider's credential is not configured."""
+    """A provider's credential is not configured, or a ``<NAME>_FILE`` cannot be read."""
 
 
 class JobNotFound(UserError):
