@@ -165,14 +165,27 @@ def send(
     if limit is not None:
         request.extensions["timeout"] = httpx.Timeout(limit).as_dict()
     try:
-        response = client.send(request)
-    except httpx.TimeoutException as exc:
-        raise ProviderUnavailable(f"timed out ({type(exc).__name__})", provider=provider,
-                                  operation=operation) from exc
-    except httpx.TransportError as exc:
-        raise ProviderUnavailable(f"cannot reach {request.url.host}: {exc}", provider=provider,
-                                  operation=operation) from exc
-    if response.is_success:
-        return response
-    raise classify(response, provider=provider, operation=operation,
-                   info=describe_error(response))
+        try:
+            response = client.send(request)
+        except httpx.TimeoutException as exc:
+            raise ProviderUnavailable(f"timed out ({type(exc).__name__})", provider=provider,
+                                      operation=operation) from exc
+        except httpx.TransportError as exc:
+            raise ProviderUnavailable(f"cannot reach {request.url.host}: {exc}",
+                                      provider=provider, operation=operation) from exc
+        if response.is_success:
+            return response
+        raise classify(response, provider=provider, operation=operation,
+                       info=describe_error(response))
+    except ProviderError as exc:  # an upload's Deadline raises one from inside send too
+        _count(exc)
+        raise
+
+
+def _count(exc: ProviderError) -> None:
+    """Count a failed provider call, here where every call passes, handled or not."""
+    # Imported on first failure: a prefork worker must set PROMETHEUS_MULTIPROC_DIR before
+    # anything imports prometheus_client, and the CLI imports this module at start.
+    from orchestrator import metrics
+
+    metrics.PROVIDER_ERRORS.labels(exc.provider, exc.operation, type(exc).__name__).inc()

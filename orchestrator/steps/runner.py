@@ -32,7 +32,6 @@ from orchestrator.errors import (
     MissingCredential,
     PermanentProviderError,
     ProviderAuthError,
-    ProviderError,
     RetryableProviderError,
     StaleTransition,
     TunectlError,
@@ -141,11 +140,7 @@ def _attempt(job: Job, step: str, settings: Settings, engine: sa.Engine,
     try:
         ctx = StepContext(settings=settings, engine=engine, plugin=registry.get(job.provider),
                           now=now)
-        try:
-            return STEPS[step](job, ctx)
-        except ProviderError as exc:
-            metrics.PROVIDER_ERRORS.labels(job.provider, step, type(exc).__name__).inc()
-            raise
+        return STEPS[step](job, ctx)
     except RetryableProviderError as exc:
         log.warning("step.retryable_error", error=str(exc), retry_after=exc.retry_after)
         return Retry(retry_delay(settings, job.attempts, exc.retry_after), str(exc))
