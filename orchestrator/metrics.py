@@ -45,7 +45,8 @@ PROVIDER_ERRORS = Counter(
     ["provider", "operation", "error"])
 PICKUP_LAG = Histogram(
     "tunectl_scheduler_pickup_lag_seconds",
-    "How late each claimed job was picked up: claim time minus its next_run_at.",
+    "How late each claimed job was picked up: claim time minus when it became due "
+    "(its next_run_at; for a rescued job, its lease expiry).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))
 
 def step_outcome(result: str) -> str:
