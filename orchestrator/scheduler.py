@@ -22,7 +22,7 @@ from orchestrator.db.engine import session_scope
 from orchestrator.db.transition import transition
 from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import StaleTransition
-from orchestrator.states import PROVIDER_JOB_LIVE, STEP_FOR_STATE, State
+from orchestrator.states import PROVIDER_JOB_LIVE, STEP_FOR_STATE, FailureKind, State
 from orchestrator.steps import UNDEPLOY
 from orchestrator.steps.runner import Dispatch
 
@@ -130,7 +130,8 @@ class Scheduler:
         try:
             with session_scope(self.engine) as session:
                 transition(session, job.id, source=State(job.state), target=State.FAILED,
-                           version=job.version, reason=reason, error=reason, now=now)
+                           version=job.version, reason=reason, error=reason, now=now,
+                           failure_kind=FailureKind.GAVE_UP.value)
         except StaleTransition:
             return 0
         log.error("scheduler.gave_up", job_id=job.id, step=step, reason=reason)

@@ -23,8 +23,8 @@ from orchestrator.states import TERMINAL, State, can_move
 #: Job columns a transition may set besides the state itself.
 WRITABLE = frozenset({
     "dataset", "provider_status", "provider_job_id", "training_file_id", "validation_file_id",
-    "fine_tuned_model", "deployed_model", "result", "error", "next_run_at", "lease_owner",
-    "lease_expires_at", "attempts", "last_error",
+    "fine_tuned_model", "deployed_model", "result", "error", "failure_kind", "next_run_at",
+    "lease_owner", "lease_expires_at", "attempts", "last_error",
 })
 
 
@@ -58,6 +58,8 @@ def transition(
     With ``lease``, the move also requires that lease to still hold the job, so a step
     whose lease was revoked (rescued, or cleared by a cancel) cannot move it.
 
+    A move into ``failed`` must set ``failure_kind`` (the table's CHECK holds it to that).
+
     Raises:
         IllegalTransition: ``source → target`` is not in states.TRANSITIONS.
         StaleTransition: the job is not in ``source`` at ``version`` (under ``lease``) any more.
@@ -76,6 +78,8 @@ def transition(
             values["finished_at"] = now
     elif source in TERMINAL:  # `tunectl deploy` re-opens a finished job
         values["finished_at"] = None
+    if source is State.FAILED and target is not State.FAILED:
+        values["failure_kind"] = None  # a job is classified only while it is failed
     guard = [JOBS.c.id == job_id, JOBS.c.state == source.value, JOBS.c.version == version]
     if lease is not None:
         guard.append(JOBS.c.lease_owner == lease)

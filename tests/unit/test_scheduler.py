@@ -109,7 +109,7 @@ def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(pump: Pump,
 
     job = pump.job(job_id)
     assert report.gave_up == 1 and job.state == "failed"
-    assert job.error is not None
+    assert job.failure_kind == "gave_up" and job.error is not None
     assert job.error.startswith("gave up after 5 attempts at the validate step; last error: "
                                 "the lease of lease_")
     assert "(worker lost or task message lost)" in job.error

@@ -61,3 +61,13 @@ def test_upgrades_run_at_once_on_many_machines_all_succeed(tmp_path: Path) -> No
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+def test_the_migration_checks_failure_kinds_as_the_models_do() -> None:
+    """The migration keeps its own frozen copy of the CHECKs; today they must agree."""
+    from importlib import import_module
+
+    from orchestrator.db.models import FAILURE_KIND_CHECKS
+
+    migration = import_module("orchestrator.db.migrations.versions.0006_projects_and_views")
+    assert migration.FAILURE_KIND_CHECKS == FAILURE_KIND_CHECKS
