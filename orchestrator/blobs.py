@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from orchestrator.errors import BlobStoreError, DatasetError
+from orchestrator.errors import BlobStoreError, DatasetError, one_line
 
 if TYPE_CHECKING:
     from orchestrator.config import Settings
@@ -119,7 +119,7 @@ class BlobStore:
         try:
             return bool(remote[0].exists(self._key(sha256)))
         except Exception as exc:
-            raise BlobStoreError(f"cannot reach {self.url}: {_one_line(exc)}") from exc
+            raise BlobStoreError(f"cannot reach {self.url}: {one_line(exc)}") from exc
 
     def put_written(self, write: Callable[[Path], T]) -> tuple[str, T]:
         """Store the file ``write(path)`` writes (a converted dataset); return its SHA-256
@@ -148,7 +148,7 @@ class BlobStore:
                 fs.put_file(str(local), key)
         except Exception as exc:
             raise BlobStoreError(f"cannot store dataset {sha} at {self.url}: "
-                                 f"{_one_line(exc)}") from exc
+                                 f"{one_line(exc)}") from exc
 
     def open_path(self, sha256: str) -> Path:
         """The local path of a stored blob (fetched from the object store into the cache
@@ -173,7 +173,7 @@ class BlobStore:
                 fs.get_file(self._key(sha256), tmp)
             except Exception as exc:
                 raise BlobStoreError(f"cannot fetch dataset {sha256} from {self.url}: "
-                                     f"{_one_line(exc)}") from exc
+                                     f"{one_line(exc)}") from exc
             if sha256_file(Path(tmp)) != sha256:
                 raise BlobStoreError(f"dataset {sha256} at {self.url} does not match its "
                                      "hash; the object was changed or truncated")
@@ -190,7 +190,7 @@ class BlobStore:
             try:
                 self._fs, self._base = fsspec.core.url_to_fs(self.url, **self._options)
             except (ImportError, ValueError) as exc:
-                raise BlobStoreError(f"TUNECTL_BLOB_URL={self.url}: {_one_line(exc)}") from exc
+                raise BlobStoreError(f"TUNECTL_BLOB_URL={self.url}: {one_line(exc)}") from exc
         return self._fs, self._base
 
     def _remote_fs(self) -> Any:
@@ -206,7 +206,3 @@ def _size(n: int) -> str:
     return f"{n >> 30} GiB" if n >= 1 << 30 else f"{n >> 20} MiB" if n >= 1 << 20 \
         else f"{n} bytes"
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -491,15 +491,11 @@ def api_token(
     """Make an API token: prints the token (give it to its holder; it is not stored) and the
     entry to add to TUNECTL_API_TOKENS."""
     from orchestrator.api.auth import hash_token, new_token
-    from orchestrator.config import ApiToken
+    from orchestrator.config import ApiToken, check_project
 
     token = new_token()
-    try:
-        entry = ApiToken(name=name or project, project=project, sha256=hash_token(token),
-                         admin=admin)
-    except ValueError as exc:
-        raise UserError(f"--project {project!r}: must be 1-64 lower-case letters, digits, "
-                        "'_', '.' or '-'") from exc
+    entry = ApiToken(name=name or project, project=check_project(project, "--project"),
+                     sha256=hash_token(token), admin=admin)
     sys.stdout.write(f"token: {token}\nTUNECTL_API_TOKENS entry: "
                      f"{entry.model_dump_json()}\n")
 

@@ -1,10 +1,11 @@
 """Settings: the only place environment variables and secret files are read.
 
 Every setting has the env prefix ``TUNECTL_`` except provider credentials, which use the
-variables each provider's own tools read (``OPENAI_API_KEY`` …). A credential may also be
-given as a file: ``<NAME>_FILE`` holding the path (Docker and Kubernetes secrets). Webhook
-signing secrets are read the same way, under the names job specs and ``TUNECTL_WEBHOOKS``
-give them.
+variables each provider's own tools read (``OPENAI_API_KEY`` …). A credential, and the
+database and broker URLs (they hold passwords), may also be given as a file:
+``<NAME>_FILE`` holding the path (Docker and Kubernetes secrets, systemd credentials).
+Webhook signing secrets are read the same way, under the names job specs and
+``TUNECTL_WEBHOOKS`` give them.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import base64
 import binascii
 import math
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     AliasChoices,
@@ -28,7 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orchestrator.errors import MissingCredential
+from orchestrator.errors import MissingCredential, UserError
 from orchestrator.specs import NotifyTarget
 
 #: A step may run for this share of its job's lease (Celery's task_time_limit is set from it).
@@ -47,6 +49,19 @@ def default_data_dir() -> Path:
     return Path(base) / "tunectl"
 
 
+#: A project's name (jobs.project): what every front door checks a project against.
+PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,63}$"
+Project = Annotated[str, Field(pattern=PROJECT_PATTERN)]
+
+
+def check_project(value: object, where: str) -> str:
+    """``value`` if it is a project name; else a UserError naming ``where``."""
+    if isinstance(value, str) and re.match(PROJECT_PATTERN, value):
+        return value
+    raise UserError(f"{where} {str(value)[:80]!r}: must be 1-64 lower-case letters, digits, "
+                    "'_', '.' or '-', starting with a letter or digit")
+
+
 class ApiToken(BaseModel):
     """One API bearer token, as configured: only its SHA-256 is ever stored."""
 
@@ -55,8 +70,8 @@ class ApiToken(BaseModel):
     #: Who holds it (shown in logs, never the token).
     name: str = Field(min_length=1, max_length=64)
     #: The project whose jobs it sees and submits.
-    project: str = Field(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
-    #: Hex SHA-256 of the token (`tunectl api token` prints both).
+    project: Project
+    #: Hex SHA-256 of the token (`tunectl api-token` prints both).
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     #: Operator token: also sees and cancels every project's jobs, and reads /metrics.
     admin: bool = False
@@ -131,7 +146,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     #: The project of jobs submitted with the local CLI (API jobs take their token's).
-    default_project: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+    default_project: Project = "default"
     #: Where datasets are stored for every machine: empty for the local blob directory, or
     #: an fsspec URL (s3://bucket/prefix, gs://bucket/prefix); then the local directory is a
     #: cache of it.
@@ -151,6 +166,11 @@ class Settings(BaseSettings):
     api_url: str = ""
     #: The CLI's bearer token for api_url.
     api_token: SecretStr | None = None
+    #: GET /v1/jobs/{id}/events asks the provider now: its timeout, how long its answer is
+    #: kept per job, and how many such calls may run at once (more are a 503).
+    api_events_timeout_s: float = Field(default=5.0, gt=0)
+    api_events_cache_s: float = Field(default=5.0, ge=0)
+    api_events_concurrency: int = Field(default=4, ge=1)
     #: A scheduler or worker serves its own /metrics on this port (0: none).
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
@@ -174,9 +194,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derive_urls(self) -> Settings:
         if not self.database_url:
-            self.database_url = f"sqlite:///{self.data_dir / 'tunectl.db'}"
+            self.database_url = (_secret_file("TUNECTL_DATABASE_URL")
+                                 or f"sqlite:///{self.data_dir / 'tunectl.db'}")
         if not self.broker_url:
-            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+            self.broker_url = (_secret_file("TUNECTL_BROKER_URL")
+                               or f"sqla+sqlite:///{self.data_dir / 'broker.db'}")
         if self.lease_s <= 0 or self.poll_interval_s <= 0 or self.scheduler_tick_s <= 0:
             raise ValueError("lease_s, poll_interval_s and scheduler_tick_s must be positive")
         if self.deploy_ttl_hours < 0 or self.deploy_timeout_s <= 0:
@@ -223,14 +245,14 @@ class Settings(BaseSettings):
     def credential(self, name: str) -> str:
         """Return a provider credential by setting name, or raise MissingCredential."""
         value: SecretStr | None = getattr(self, name)
-        if value is None:
-            env = name.upper().removeprefix("TUNECTL_")
-            found = _from_file(env)
-            if found is None:
-                raise MissingCredential(
-                    f"{env} is not set; export it or set {env}_FILE to a file")
-            return found
-        return value.get_secret_value()
+        if value is not None:
+            return value.get_secret_value()
+        env = name.upper().removeprefix("TUNECTL_")
+        from_file = _secret_file(env)
+        if from_file is None:
+            raise MissingCredential(f"{env} is not set; export it or set {env}_FILE to a file")
+        return from_file
+
 
     def webhook_secrets(self, name: str) -> list[str]:
         """The signing secrets called ``name``: the environment variable, or the file named
@@ -242,7 +264,7 @@ class Settings(BaseSettings):
         """
         raw = os.environ.get(name)
         if raw is None:
-            raw = _from_file(name)
+            raw = _secret_file(name)
         if raw is None:
             raise MissingCredential(f"webhook secret {name} is not set; export it or set "
                                     f"{name}_FILE to a file holding {_SECRET_HELP}")
@@ -252,17 +274,17 @@ class Settings(BaseSettings):
         return secrets
 
 
-def _from_file(env: str) -> str | None:
-    """The contents of the file ``<env>_FILE`` names (stripped), None if it is not set."""
-    file_var = f"{env}_FILE"
-    path = os.environ.get(file_var)
+def _secret_file(env: str) -> str | None:
+    """The contents (stripped) of the file ``<env>_FILE`` names, or None if it names none;
+    raises MissingCredential if the file cannot be read."""
+    path = os.environ.get(f"{env}_FILE")
     if not path:
         return None
     try:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise MissingCredential(
-            f"{file_var}={path} cannot be read ({exc.strerror}); fix the path") from exc
+        raise MissingCredential(f"{env}_FILE={path} cannot be read ({exc.strerror}); "
+                                "fix the path") from exc
 
 
 def _is_whsec(secret: str) -> bool:

@@ -5,10 +5,11 @@
     │   ├── SpecError             a job spec is invalid (file, field, reason)
     │   ├── DatasetError          a dataset is unusable (file:line, reason)
     │   ├── UnknownProvider       the spec names a provider no plugin provides
-    │   ├── MissingCredential     a provider key or webhook secret is not configured
+    │   ├── MissingCredential     a provider key, webhook secret or secret file is not configured
     │   ├── JobNotFound           no job has that id
     │   ├── IdempotencyConflict   an idempotency key was reused with a different spec
     │   ├── CannotCancel          the job is past the point where it can be cancelled
+    │   ├── InvalidCursor         a list cursor this server never gave out
     │   └── DatabaseNotMigrated   the database schema is not at the code's revision
     ├── BlobStoreError            the dataset store (an object store) failed; worth retrying
     ├── WebhookRejected           an inbound provider webhook failed verification; nothing changed
@@ -25,9 +26,16 @@
             └── ProviderRejected      400/404/422 and other 4xx
 
 Constructors take plain keyword values so that exceptions survive pickling across processes.
+``one_line`` describes any exception in one line, for a log or a wrapping error.
 """
 
 from __future__ import annotations
+
+
+def one_line(exc: BaseException) -> str:
+    """``<class>: <first line of the message>``, for a log line or an error that wraps it."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 class TunectlError(Exception):
@@ -59,7 +67,8 @@ class UnknownProvider(UserError):
 
 
 class MissingCredential(UserError):
-    """A provider's credential, or a webhook signing secret, is not configured."""
+    """A provider's credential or a webhook signing secret is not configured, or a
+    ``<NAME>_FILE`` cannot be read."""
 
 
 class JobNotFound(UserError):
@@ -72,6 +81,10 @@ class IdempotencyConflict(UserError):
 
 class CannotCancel(UserError):
     """The job cannot be cancelled in its state (or kept changing while we tried)."""
+
+
+class InvalidCursor(UserError):
+    """A list's cursor is not one this server gave out."""
 
 
 class DatabaseNotMigrated(UserError):

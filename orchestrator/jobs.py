@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +30,7 @@ from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import (
     CannotCancel,
     IdempotencyConflict,
+    InvalidCursor,
     JobNotFound,
     ProviderError,
     SpecError,
@@ -249,10 +250,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         parsed = datetime.fromisoformat(at)
         if parsed.tzinfo is None or not isinstance(job_id, str):
             raise ValueError(cursor)
-        return parsed, job_id
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise UserError(f"cursor {cursor[:80]!r} is not one this server gave out; "
-                        "start again without it") from None
+        return parsed.astimezone(UTC), job_id
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
+        raise InvalidCursor(f"cursor {cursor[:80]!r} is not one this server gave out; "
+                            "start again without it") from None
 
 
 def cancel(engine: sa.Engine, job_id: str, *, project: str | None = None,

@@ -5,7 +5,8 @@
   The database already holds every process's work, so any one API replica reports the
   whole fleet, however many schedulers and workers run on however many machines.
 - **Process-local** (the module-level metrics below): step durations and provider errors,
-  counted where steps run (workers), and how late the scheduler picks due jobs up. Each
+  counted where steps and provider calls run (workers; the API's events route too), and
+  how late the scheduler picks due jobs up. Each
   scheduler and worker serves its own ``/metrics`` on ``TUNECTL_METRICS_PORT``; a prefork
   worker aggregates its pool children with prometheus_client's multiprocess mode.
 
@@ -39,16 +40,14 @@ STEP_SECONDS = Histogram(
     ["step", "provider", "outcome"], buckets=_SECONDS)
 PROVIDER_ERRORS = Counter(
     "tunectl_provider_errors_total",
-    "Provider calls that failed, by the error class they were classified as.",
-    ["provider", "step", "error"])
+    "Provider calls that failed, by operation and the error class they were classified as "
+    "(counted where every call passes, whether the caller handled the error or not).",
+    ["provider", "operation", "error"])
 PICKUP_LAG = Histogram(
     "tunectl_scheduler_pickup_lag_seconds",
-    "How late each claimed job was picked up: claim time minus its next_run_at.",
+    "How late each claimed job was picked up: claim time minus when it became due "
+    "(its next_run_at; for a rescued job, its lease expiry).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))
-
-#: Outcomes of a step, as a label (a retry's delay is left out: it would be unbounded).
-STEP_OUTCOMES = ("skipped", "stale", "waiting", "retry")
-
 
 def step_outcome(result: str) -> str:
     """The label of a step's result ("retry in 5s" → "retry"; a target state stays)."""

@@ -26,7 +26,7 @@ from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import StaleTransition
 from orchestrator.notify import deliver
 from orchestrator.notify.outbox import Wake
-from orchestrator.states import PROVIDER_JOB_LIVE, STEP_FOR_STATE, State
+from orchestrator.states import PROVIDER_JOB_LIVE, STEP_FOR_STATE, FailureKind, State
 from orchestrator.steps import UNDEPLOY
 from orchestrator.steps.runner import Dispatch
 
@@ -166,7 +166,7 @@ class Scheduler:
             with session_scope(self.engine) as session:
                 transition(session, job.id, source=State(job.state), target=State.FAILED,
                            version=job.version, reason=reason, error=reason, now=now,
-                           wake=wake)
+                           failure_kind=FailureKind.GAVE_UP.value, wake=wake)
         except StaleTransition:
             return 0
         log.error("scheduler.gave_up", job_id=job.id, step=step, reason=reason)

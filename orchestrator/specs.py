@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 from orchestrator.errors import SpecError, UnknownProvider
 
 MAX_SPEC_BYTES = 1 << 20
+#: Far deeper than any spec (notify.0.events.0 is its deepest field); YAML nested deeper is
+#: refused before it is composed, which PyYAML does by recursion.
+MAX_DEPTH = 32
 _LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9_.\-/]{0,62}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,127}$")
 Hyperparameter = int | float | str
@@ -251,6 +254,7 @@ def _parse_json(text: str, source: str) -> Any:
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
     try:
+        _check_depth(text, source)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -269,6 +273,21 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
     finally:
         loader.dispose()
     return data, lines
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from PyYAML's event stream (which does not
+    recurse), before anything composes it (which does, once per level)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise SpecError(f"{source}:{mark.line + 1}" if mark else source, "",
+                                "nested too deeply")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def _check_nodes(node: yaml.Node, path: str, source: str, lines: dict[str, int],

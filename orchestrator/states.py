@@ -42,6 +42,30 @@ class State(StrEnum):
 
 TERMINAL: frozenset[State] = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
 
+
+class FailureKind(StrEnum):
+    """Why a failed job failed, as a stable class dashboards group on (``jobs.failure_kind``;
+    ``jobs.error`` keeps the full, job-specific reason). Each comment says who sets it."""
+
+    #: The validate step refused a dataset, or its estimated cost is over max_cost_usd.
+    DATASET = "dataset"
+    #: A step found the spec unrunnable (its provider's plugin is gone, a field refused).
+    SPEC = "spec"
+    #: No key is configured for the job's provider on the worker that ran the step.
+    MISSING_CREDENTIAL = "missing_credential"
+    #: The provider refused tunectl's key (401/403).
+    PROVIDER_AUTH = "provider_auth"
+    #: The provider refused a request as invalid (400/404/422, quota exhausted …).
+    PROVIDER_REJECTED = "provider_rejected"
+    #: The provider ran the job and failed it (finalize).
+    PROVIDER_FAILED_JOB = "provider_failed_job"
+    #: One step kept failing without progress: the scheduler gave up (max_attempts).
+    GAVE_UP = "gave_up"
+    #: The deployment failed, vanished, or did not serve in time (the deploy step).
+    DEPLOYMENT_FAILED = "deployment_failed"
+    #: Failed before tunectl recorded failure kinds (set by migration 0006).
+    UNCLASSIFIED = "unclassified"
+
 #: Every allowed move. ``training → training`` and ``deploying → deploying`` record a change of
 #: the provider's own status; ``succeeded → succeeded`` and ``failed → failed`` record a
 #: deployment of the job's tuned model being deleted (TTL, `tunectl undeploy`).

@@ -13,7 +13,7 @@ import structlog
 
 from orchestrator import jobs as job_ops
 from orchestrator.blobs import BlobStore
-from orchestrator.config import STEP_SHARE_OF_LEASE, get_settings
+from orchestrator.config import STEP_SHARE_OF_LEASE, check_project, get_settings
 from orchestrator.db.engine import get_engine
 from orchestrator.errors import BlobStoreError, SpecError, UserError
 from orchestrator.notify.deliver import DELIVER
@@ -69,16 +69,18 @@ def submit(spec: dict[str, Any], project: str | None = None) -> str | None:
     settings = get_settings()
     source = f"the queue ({SUBMIT_TASK})"
     try:
+        project = settings.default_project if project is None else \
+            check_project(project, f"{source}: project")
         parsed = parse_spec(spec, source)
         if not parsed.idempotency_key:
             raise SpecError(source, "idempotency_key", "is required for a queued submit: "
                             "a message may be delivered twice")
         blobs = BlobStore.from_settings(settings)
         result = job_ops.submit(get_engine(settings.database_url), blobs, parsed,
-                                source=source, project=project or settings.default_project,
+                                source=source, project=project,
                                 datasets=job_ops.referenced(blobs, parsed, source))
     except UserError as exc:
-        log.error("submit.rejected", error=str(exc), project=project)
+        log.error("submit.rejected", error=str(exc), project=str(project)[:80])
         return None
     log.info("submit.queued", job_id=result.job.id, created=result.created,
              project=result.job.project)

@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from orchestrator import __version__
 from orchestrator.api import jobs, ops, problems, provider_webhooks
+from orchestrator.api.events import ProviderEvents
 from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings
 from orchestrator.db.engine import get_engine
@@ -25,7 +26,8 @@ def create_app(settings: Settings, engine: sa.Engine | None = None) -> FastAPI:
                   description="Submit and follow LLM fine-tune jobs (docs/api.md).")
     app.state.api = jobs.ApiState(settings=settings,
                                   engine=engine or get_engine(settings.database_url),
-                                  blobs=BlobStore.from_settings(settings))
+                                  blobs=BlobStore.from_settings(settings),
+                                  events=ProviderEvents(settings))
     for router in ROUTERS:
         app.include_router(router)
     problems.install(app)

@@ -21,7 +21,7 @@ from orchestrator.config import ApiToken
 #: Tokens tunectl hands out start with this, so a leaked one is easy to recognise.
 TOKEN_PREFIX = "tcl_"
 
-_bearer = HTTPBearer(auto_error=False, description="An API token (`tunectl api token`).")
+_bearer = HTTPBearer(auto_error=False, description="An API token (`tunectl api-token`).")
 
 
 def hash_token(token: str) -> str:
@@ -66,7 +66,7 @@ def caller(request: Request,
                  credentials.credentials) if credentials else None
     if token is None:
         raise HTTPException(401, "a valid API token is required: send `Authorization: Bearer "
-                                 "<token>` (`tunectl api token` makes one)",
+                                 "<token>` (`tunectl api-token` makes one)",
                             headers={"WWW-Authenticate": "Bearer"})
     return Caller(token.name, token.project, token.admin)
 

@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
 
 from orchestrator import jobs as job_ops
 from orchestrator.api.auth import Caller, caller
+from orchestrator.api.events import Busy, ProviderEvents
 from orchestrator.api.problems import responses
 from orchestrator.blobs import BlobStore
-from orchestrator.config import Settings
+from orchestrator.config import PROJECT_PATTERN, Settings
 from orchestrator.db import deployments as deployment_rows
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import UploadedDataset
 from orchestrator.documents import DeploymentDoc, EventDoc, JobDoc, TransitionDoc
 from orchestrator.errors import DatasetError, SpecError
-from orchestrator.specs import JobSpec, parse_spec, read_document
+from orchestrator.specs import JobSpec, checked_plugin, parse_spec, read_document
 from orchestrator.states import State
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -43,6 +47,7 @@ class ApiState:
     settings: Settings
     engine: sa.Engine
     blobs: BlobStore
+    events: ProviderEvents
 
 
 def api_state(request: Request) -> ApiState:
@@ -59,6 +64,30 @@ Label = Annotated[str, StringConstraints(
     pattern=r"^[a-z0-9][a-z0-9_.\-/]{0,62}=[^\x00]{0,256}$")]
 JobId = Annotated[str, Path(min_length=1, max_length=40, pattern=TEXT,
                             description="A job id (job_…).")]
+
+
+def _instant(value: Any) -> Any:
+    """An ISO 8601 time with a zone, as a UTC datetime. Pydantic alone would also take a
+    number (as Unix seconds), and a time that UTC puts outside the years 1 to 9999, which
+    no database column holds."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError("datetime_format", "Input should be an ISO 8601 time with "
+                                  "a time zone, like 2026-01-31T12:00:00Z") from None
+    if parsed.tzinfo is None:
+        return parsed  # AwareDatetime refuses it, saying so
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError("datetime_range", "Input should be a time within the years "
+                                  "1 to 9999 once in UTC") from None
+
+
+#: A point in time in a query: ISO 8601 with a time zone, within the years 1 to 9999 in UTC.
+Instant = Annotated[AwareDatetime, BeforeValidator(_instant)]
 
 
 class ApiJobSpec(JobSpec):
@@ -126,45 +155,57 @@ async def submit(request: Request, state: State_, who: Who) -> JSONResponse:
     created (200) instead of a new one (201)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        data, lines, datasets = await _multipart(request, state, who)
+        spec, datasets = await _multipart(request, state, who)
     elif content_type == "application/json" or content_type in _YAML:
         data, lines = read_document(await request.body(), _SOURCE,
                                     as_json=content_type == "application/json")
-        datasets = None
+        spec, datasets = parse_spec(data, _SOURCE, lines), None
     else:
         raise HTTPException(415, f"Content-Type {content_type or 'missing'}: send the spec as "
                                  "application/json, application/yaml or multipart/form-data")
-    result = await run_in_threadpool(_submit, state, who, data, lines, datasets)
+    result = await run_in_threadpool(_submit, state, who, spec, datasets)
     doc = SubmittedDoc(**JobDoc.of(result.job).model_dump(), created=result.created)
     return JSONResponse(doc.doc(), status_code=201 if result.created else 200)
 
 
 async def _multipart(request: Request, state: ApiState,
-                     who: Caller) -> tuple[Any, dict[str, int], job_ops.Datasets]:
+                     who: Caller) -> tuple[JobSpec, job_ops.Datasets]:
+    """The spec and its datasets from a multipart submit. The spec is parsed and checked
+    against its provider before a dataset is stored, so a refused submit stores nothing."""
     async with request.form(max_files=2, max_fields=1) as form:
-        spec, training, validation = (form.get("spec"), form.get("training_file"),
+        text, training, validation = (form.get("spec"), form.get("training_file"),
                                       form.get("validation_file"))
-        if not isinstance(spec, str):
+        if not isinstance(text, str):
             raise SpecError(_SOURCE, "spec", "is required: a form field holding the spec")
         if not isinstance(training, UploadFile):
             raise SpecError(_SOURCE, "training_file", "is required: a file part holding the "
                             "training dataset")
         if validation is not None and not isinstance(validation, UploadFile):
             raise SpecError(_SOURCE, "validation_file", "must be a file part")
-        data, lines = read_document(spec.encode(), _SOURCE,
-                                    as_json=spec.lstrip().startswith("{"))
+        data, lines = read_document(text.encode(), _SOURCE,
+                                    as_json=text.lstrip().startswith("{"))
         if not isinstance(data, dict):
             raise SpecError(_SOURCE, "spec", "a spec must be a mapping of fields (name, "
                             "provider, …)")
+        # The parts replace whatever the spec names; they are checked once stored.
+        data["training_file"] = _PART
+        if validation:
+            data["validation_file"] = _PART
+        else:
+            data.pop("validation_file", None)
+        spec = parse_spec(data, _SOURCE, lines)
+        checked_plugin(spec, _SOURCE)
         stored = job_ops.Datasets(await _store(state, who, training, "training_file"),
                                   await _store(state, who, validation, "validation_file")
                                   if validation else None)
-    data["training_file"] = f"sha256:{stored.training}"
+    names = {"training_file": PurePath(f"sha256:{stored.training}")}
     if stored.validation:
-        data["validation_file"] = f"sha256:{stored.validation}"
-    else:
-        data.pop("validation_file", None)
-    return data, lines, stored
+        names["validation_file"] = PurePath(f"sha256:{stored.validation}")
+    return spec.model_copy(update=names), stored
+
+
+#: What a multipart spec's dataset fields hold while they are checked.
+_PART = "(the file part)"
 
 
 async def _store(state: ApiState, who: Caller, upload: UploadFile, label: str) -> str:
@@ -184,9 +225,8 @@ def _record_upload(engine: sa.Engine, project: str, sha: str, size: int) -> None
         pass  # a concurrent upload of the same dataset recorded it
 
 
-def _submit(state: ApiState, who: Caller, data: Any, lines: dict[str, int],
+def _submit(state: ApiState, who: Caller, spec: JobSpec,
             datasets: job_ops.Datasets | None) -> job_ops.Submitted:
-    spec = parse_spec(data, _SOURCE, lines)
     if datasets is None:
         def owned(sha: str) -> bool:
             with session_scope(state.engine) as session:
@@ -228,13 +268,12 @@ def list_jobs(
     provider: Annotated[str | None, Query(max_length=40, pattern=TEXT)] = None,
     label: Annotated[list[Label] | None, Query(
         description="key=value; repeat it to require several labels")] = None,
-    created_after: Annotated[AwareDatetime | None, Query(
+    created_after: Annotated[Instant | None, Query(
         description="Only jobs created at or after this time (with a time zone).")] = None,
-    created_before: Annotated[AwareDatetime | None, Query(
+    created_before: Annotated[Instant | None, Query(
         description="Only jobs created before this time (with a time zone).")] = None,
     project: Annotated[str | None, Query(
-        max_length=64, pattern=TEXT,
-        description="Admin tokens: only this project's jobs.")] = None,
+        pattern=PROJECT_PATTERN, description="Admin tokens: only this project's jobs.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=400, pattern=r"^[A-Za-z0-9_-]+$",
                                         description="The next_cursor of the page before.")
@@ -274,14 +313,20 @@ def job_history(job_id: JobId, state: State_, who: Who) -> list[TransitionDoc]:
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[EventDoc],
-            summary="The provider job's events", responses=responses(401, 404, 422, 502))
+            summary="The provider job's events", responses=responses(401, 404, 422, 502, 503))
 def job_events(job_id: JobId, state: State_, who: Who,
                limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[EventDoc]:
-    """The provider job's newest events, fetched from the provider now (empty before the
-    provider job exists)."""
+    """The provider job's newest events, fetched from the provider (empty before the
+    provider job exists); an answer is kept a few seconds, and too many fetches at once
+    are a 503 with Retry-After (docs/api.md)."""
     with session_scope(state.engine) as session:
         job = job_ops.get(session, job_id, who.scope)
-    return [EventDoc.of(e) for e in job_ops.provider_events(state.settings, job, limit)]
+    try:
+        events = state.events.fetch(job, limit)
+    except Busy as exc:
+        raise HTTPException(503, str(exc),
+                            headers={"Retry-After": str(Busy.retry_after_s)}) from None
+    return [EventDoc.of(e) for e in events]
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobDoc, summary="Cancel a job",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import sqlalchemy as sa
-from fastapi import APIRouter, Depends, HTTPException
+import structlog
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -15,8 +15,10 @@ from orchestrator.api.auth import Caller, admin
 from orchestrator.api.jobs import ApiState, api_state
 from orchestrator.api.problems import responses
 from orchestrator.db.engine import check_migrated
+from orchestrator.errors import DatabaseNotMigrated, one_line
 
 router = APIRouter(tags=["operations"])
+log = structlog.get_logger("tunectl.api")
 
 
 class Health(BaseModel):
@@ -26,7 +28,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Whether each dependency answered: "ok", or why not."""
+    """Whether each dependency answered: "ok", or a generic reason (the log says more)."""
 
     database: str
     broker: str
@@ -43,7 +45,7 @@ def healthz() -> Health:
                              "does not answer"}})
 async def readyz(state: Annotated[ApiState, Depends(api_state)]) -> JSONResponse:
     """200 when the database (migrated to this version) and the broker answer; 503 and
-    which one failed otherwise (needs no token)."""
+    which one failed otherwise (needs no token, so it names no host: the log does)."""
     database, broker = await run_in_threadpool(_database, state), \
         await run_in_threadpool(_broker, state)
     ready = Readiness(database=database, broker=broker)
@@ -54,8 +56,12 @@ async def readyz(state: Annotated[ApiState, Depends(api_state)]) -> JSONResponse
 def _database(state: ApiState) -> str:
     try:
         check_migrated(state.engine)
+    except DatabaseNotMigrated as exc:
+        log.error("api.not_ready", dependency="database", error=str(exc))
+        return "not migrated: run `tunectl db upgrade`"
     except Exception as exc:
-        return _why(exc)
+        log.error("api.not_ready", dependency="database", error=one_line(exc))
+        return "unavailable"
     return "ok"
 
 
@@ -67,13 +73,9 @@ def _broker(state: ApiState) -> str:
                         connect_timeout=3) as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
     except Exception as exc:
-        return _why(exc)
+        log.error("api.not_ready", dependency="broker", error=one_line(exc))
+        return "unavailable"
     return "ok"
-
-
-def _why(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
@@ -82,10 +84,7 @@ def _why(exc: Exception) -> str:
                        **responses(401, 403, 503)})
 def prometheus(state: Annotated[ApiState, Depends(api_state)],
                _: Annotated[Caller, Depends(admin)]) -> Response:
-    """Fleet-wide figures from the database, and this process's own (admin token)."""
-    try:
-        text = metrics.exposition(state.engine)
-    except sa.exc.OperationalError as exc:
-        raise HTTPException(503, f"the database does not answer ({_why(exc)}); the "
-                                 "fleet's figures come from it") from None
-    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    """Fleet-wide figures from the database (503 when it does not answer), and this
+    process's own (admin token)."""
+    return Response(metrics.exposition(state.engine),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,11 +1,17 @@
 """How the API says no: one error document (``{"detail": "<one line>"}``, the same line the
 CLI prints) for every refusal, the status each error class gets, and the request size
-limits, enforced while the body is read so an oversized upload is never stored."""
+limits, enforced while the body is read so an oversized upload is never stored.
+
+A database that does not answer is a 503 with a generic line: the driver's own message
+names hosts, ports and users, so it goes to the log only.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
+import structlog
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,10 +23,17 @@ from orchestrator.errors import (
     CannotCancel,
     DatabaseNotMigrated,
     IdempotencyConflict,
+    InvalidCursor,
     JobNotFound,
     ProviderError,
     UserError,
+    one_line,
 )
+
+log = structlog.get_logger("tunectl.api")
+
+#: What a client is told when the database does not answer (the reason is logged).
+DATABASE_DOWN = "the database is unavailable; try again shortly"
 
 
 class Problem(BaseModel):
@@ -34,6 +47,7 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (JobNotFound, 404),
     (IdempotencyConflict, 409),
     (CannotCancel, 409),
+    (InvalidCursor, 422),
     (DatabaseNotMigrated, 503),
     (UserError, 400),
     (BlobStoreError, 503),
@@ -70,14 +84,29 @@ def install(app: Any) -> None:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return problem(422, f"{where}: {first.get('msg', 'invalid')}{more}")
 
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if not _unavailable(exc):
+            raise exc  # a bug (a constraint, a bad statement): the server's 500
+        log.error("api.database_unavailable", path=request.url.path, error=one_line(exc))
+        return problem(503, DATABASE_DOWN, {"Retry-After": "5"})
+
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(sa.exc.DBAPIError, _database)
+    app.add_exception_handler(sa.exc.TimeoutError, _database)
 
     for cls, status in STATUS:
         def handler(_: Request, exc: Exception, status: int = status) -> JSONResponse:
             return problem(status, str(exc))
 
         app.add_exception_handler(cls, handler)
+
+
+def _unavailable(exc: Exception) -> bool:
+    """Whether ``exc`` means the database does not answer (down, unreachable, restarted,
+    locked, or every pooled connection busy), rather than a bug."""
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.TimeoutError) or (
+        isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated)
 
 
 class RequestGuard:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from orchestrator.db.types import JSONDict, TZDateTime, utcnow
-from orchestrator.states import DEPLOYMENT_LIVE, TERMINAL, DeploymentState, State
+from orchestrator.states import DEPLOYMENT_LIVE, TERMINAL, DeploymentState, FailureKind, State
 
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(column_0_label)s",
@@ -28,6 +28,12 @@ SQLModel.metadata.naming_convention = {
 
 _STATES = ", ".join(f"'{s.value}'" for s in State)
 _TERMINAL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
+_FAILURE_KINDS = ", ".join(f"'{k.value}'" for k in FailureKind)
+#: The CHECKs on jobs.failure_kind (migration 0006 creates the same).
+FAILURE_KIND_CHECKS = {
+    "failure_kind_known": f"failure_kind IS NULL OR failure_kind IN ({_FAILURE_KINDS})",
+    "failed_has_kind": "(state = 'failed') = (failure_kind IS NOT NULL)",
+}
 _BIGINT_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
@@ -52,6 +58,7 @@ class Job(SQLModel, table=True):
             "(lease_owner IS NULL) = (lease_expires_at IS NULL)", name="lease_complete"
         ),
         sa.CheckConstraint("version >= 1 AND attempts >= 0", name="counters"),
+        *(sa.CheckConstraint(sql, name=name) for name, sql in FAILURE_KIND_CHECKS.items()),
         # The scheduler's claim: due, unleased jobs in (next_run_at, id) order.
         sa.Index(
             "ix_jobs_due",
@@ -104,6 +111,8 @@ class Job(SQLModel, table=True):
     #: estimated cost, warnings) for dashboards; null until the datasets are validated.
     dataset: dict[str, Any] | None = Field(default=None, sa_type=JSONDict)
     error: str | None = None
+    #: Why a failed job failed, as a states.FailureKind (set exactly while it is failed).
+    failure_kind: str | None = Field(default=None, max_length=30)
 
     next_run_at: datetime | None = _tz(default=None)
     lease_owner: str | None = Field(default=None, max_length=80)

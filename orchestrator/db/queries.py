@@ -51,7 +51,9 @@ _CLAIM_DUE_JOBS = {
 }
 
 _RESCUE_EXPIRED_LEASES = """
-    UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL,
+    -- The job is due again from the moment its lease expired (not since its old
+    -- next_run_at, which would make every rescue look a whole lease late).
+    UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL, next_run_at = lease_expires_at,
         last_error = 'the lease of ' || lease_owner || ' expired before its step finished'
             || ' (worker lost or task message lost)'
     WHERE lease_owner IS NOT NULL AND lease_expires_at < :now
@@ -123,9 +125,9 @@ def next_due(db: DB) -> datetime | None:
 def rescue_expired_leases(db: DB, *, now: datetime) -> list[tuple[str, str, int]]:
     """Free the leases that expired (their holder died or its message was lost).
 
-    Served by the partial index ix_jobs_leased. A freed job is claimable again at once;
-    its step started counts as an attempt, so a job that keeps killing its worker fails in
-    the end.
+    Served by the partial index ix_jobs_leased. A freed job is claimable again at once,
+    due since its lease expired (so the scheduler's lag measures from then); its step
+    started counts as an attempt, so a job that keeps killing its worker fails in the end.
     Returns (job id, state, attempts) for each rescued job.
     """
     stmt = sa.text(_RESCUE_EXPIRED_LEASES).bindparams(sa.bindparam("now", type_=TZDateTime()))

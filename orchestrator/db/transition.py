@@ -25,9 +25,9 @@ from orchestrator.states import TERMINAL, State, can_move
 #: Job columns a transition may set besides the state itself.
 WRITABLE = frozenset({
     "dataset", "training_blob", "validation_blob", "provider_status", "provider_job_id",
-    "training_file_id", "validation_file_id",
-    "fine_tuned_model", "deployed_model", "result", "error", "next_run_at", "lease_owner",
-    "lease_expires_at", "attempts", "last_error",
+    "training_file_id", "validation_file_id", "fine_tuned_model", "deployed_model", "result",
+    "error", "failure_kind", "next_run_at", "lease_owner", "lease_expires_at", "attempts",
+    "last_error",
 })
 
 
@@ -66,6 +66,8 @@ def transition(
     the webhook events the move causes are leased and listed there for the caller to send
     once it has committed (otherwise the scheduler sends them at its next tick).
 
+    A move into ``failed`` must set ``failure_kind`` (the table's CHECK holds it to that).
+
     Raises:
         IllegalTransition: ``source → target`` is not in states.TRANSITIONS.
         StaleTransition: the job is not in ``source`` at ``version`` (under ``lease``) any more.
@@ -84,6 +86,8 @@ def transition(
             values["finished_at"] = now
     elif source in TERMINAL:  # `tunectl deploy` re-opens a finished job
         values["finished_at"] = None
+    if source is State.FAILED and target is not State.FAILED:
+        values["failure_kind"] = None  # a job is classified only while it is failed
     guard = [JOBS.c.id == job_id, JOBS.c.state == source.value, JOBS.c.version == version]
     if lease is not None:
         guard.append(JOBS.c.lease_owner == lease)

@@ -3,14 +3,17 @@
 Nothing outside ``providers/`` sees an httpx exception: ``send`` turns timeouts and network
 errors into ProviderUnavailable and classifies HTTP statuses as retryable (408, 409, 429,
 5xx) or permanent (the rest of 4xx), reading ``retry-after-ms`` before ``retry-after``.
+Calls made inside ``time_limit(seconds)`` time out sooner than the client's default.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO, NamedTuple
@@ -30,6 +33,8 @@ from orchestrator.errors import (
 _RETRYABLE_STATUS = frozenset({408, 409})
 _client: httpx.Client | None = None
 _client_lock = threading.Lock()
+_time_limit: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "tunectl_http_time_limit", default=None)
 
 
 def shared_client(settings: Settings) -> httpx.Client:
@@ -62,6 +67,17 @@ class Deadline:
 
     def __getattr__(self, name: str) -> Any:  # fileno, seek, tell: for the content length
         return getattr(self._file, name)
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Make every provider call inside the block time out after ``seconds`` (connecting,
+    and each read or write), whatever the client's default."""
+    token = _time_limit.set(seconds)
+    try:
+        yield
+    finally:
+        _time_limit.reset(token)
 
 
 def set_shared_client(client: httpx.Client | None) -> None:
@@ -147,15 +163,31 @@ def send(
 
     ``describe_error`` reads a provider's error body.
     """
+    limit = _time_limit.get()
+    if limit is not None:
+        request.extensions["timeout"] = httpx.Timeout(limit).as_dict()
     try:
-        response = client.send(request)
-    except httpx.TimeoutException as exc:
-        raise ProviderUnavailable(f"timed out ({type(exc).__name__})", provider=provider,
-                                  operation=operation) from exc
-    except httpx.TransportError as exc:
-        raise ProviderUnavailable(f"cannot reach {request.url.host}: {exc}", provider=provider,
-                                  operation=operation) from exc
-    if response.is_success or response.status_code in accept:
-        return response
-    raise classify(response, provider=provider, operation=operation,
-                   info=describe_error(response))
+        try:
+            response = client.send(request)
+        except httpx.TimeoutException as exc:
+            raise ProviderUnavailable(f"timed out ({type(exc).__name__})", provider=provider,
+                                      operation=operation) from exc
+        except httpx.TransportError as exc:
+            raise ProviderUnavailable(f"cannot reach {request.url.host}: {exc}",
+                                      provider=provider, operation=operation) from exc
+        if response.is_success or response.status_code in accept:
+            return response
+        raise classify(response, provider=provider, operation=operation,
+                       info=describe_error(response))
+    except ProviderError as exc:  # an upload's Deadline raises one from inside send too
+        _count(exc)
+        raise
+
+
+def _count(exc: ProviderError) -> None:
+    """Count a failed provider call, here where every call passes, handled or not."""
+    # Imported on first failure: a prefork worker must set PROMETHEUS_MULTIPROC_DIR before
+    # anything imports prometheus_client, and the CLI imports this module at start.
+    from orchestrator import metrics
+
+    metrics.PROVIDER_ERRORS.labels(exc.provider, exc.operation, type(exc).__name__).inc()

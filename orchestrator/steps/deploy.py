@@ -28,7 +28,7 @@ from orchestrator.providers.base import (
     RemoteDeployment,
     deployer,
 )
-from orchestrator.states import DeploymentState, State
+from orchestrator.states import DeploymentState, FailureKind, State
 from orchestrator.steps.outcomes import Advance, Outcome, StepContext, Wait
 
 log = structlog.get_logger("tunectl.step")
@@ -149,7 +149,7 @@ def _follow(job: Job, ctx: StepContext, client: Deployer, row: Deployment,
         with ctx.engine.begin() as conn:
             _end(conn, row, D.DELETED, gone, now)
         reason = f"{gone} before it served; {retry}"
-        return Advance(State.FAILED, reason=reason, fields={"error": reason})
+        return _failed(reason)
     if remote.status is DeploymentStatus.FAILED:
         client.delete_deployment(remote.id)  # a failed deployment must not linger
         why = remote.error or "the provider gave no reason"
@@ -157,8 +157,7 @@ def _follow(job: Job, ctx: StepContext, client: Deployer, row: Deployment,
             _end(conn, row, D.FAILED, f"failed at the provider: {why}; deleted it", now,
                  error=why, provider_status=remote.provider_status)
         reason = f"deployment {remote.id} of {model} failed: {why}; {retry}"
-        return Advance(State.FAILED, reason=reason,
-                       fields={"error": reason, "provider_status": remote.provider_status})
+        return _failed(reason, provider_status=remote.provider_status)
     if remote.status is DeploymentStatus.SERVING:
         return _serving(job, ctx, row, remote, now)
     waited = (now - row.created_at).total_seconds()
@@ -170,7 +169,7 @@ def _follow(job: Job, ctx: StepContext, client: Deployer, row: Deployment,
             _end(conn, row, D.FAILED, f"{why}; deleted it", now, error=why,
                  provider_status=remote.provider_status)
         reason = f"deployment {remote.id} of {model} {why}; deleted it; {retry}"
-        return Advance(State.FAILED, reason=reason, fields={"error": reason})
+        return _failed(reason)
     if row.state == D.DEPLOYING and remote.provider_status != row.provider_status:
         with ctx.engine.begin() as conn:
             rows.transition(conn, row.id, source=D.DEPLOYING, target=D.DEPLOYING,
@@ -178,6 +177,12 @@ def _follow(job: Job, ctx: StepContext, client: Deployer, row: Deployment,
                             reason=f"provider status {remote.provider_status}",
                             provider_status=remote.provider_status)
     return Wait(ctx.settings.poll_interval_s, provider_status=remote.provider_status)
+
+
+def _failed(reason: str, **fields: Any) -> Advance:
+    """The job fails on its deployment (the tuned model is kept for `tunectl deploy`)."""
+    return Advance(State.FAILED, reason=reason, fields={
+        **fields, "error": reason, "failure_kind": FailureKind.DEPLOYMENT_FAILED.value})
 
 
 def _serving(job: Job, ctx: StepContext, row: Deployment, remote: RemoteDeployment,

@@ -6,7 +6,7 @@ from typing import Any
 
 from orchestrator.db.models import Job
 from orchestrator.providers.base import RemoteStatus, deploys
-from orchestrator.states import State
+from orchestrator.states import FailureKind, State
 from orchestrator.steps.outcomes import Advance, Outcome, StepContext, Wait
 
 
@@ -27,7 +27,8 @@ def run(job: Job, ctx: StepContext) -> Outcome:
                        fields=fields)
     if remote.status is RemoteStatus.FAILED:
         reason = f"provider failed the job: {remote.error}"
-        return Advance(State.FAILED, reason=reason, fields={**fields, "error": reason})
+        return Advance(State.FAILED, reason=reason, fields={
+            **fields, "error": reason, "failure_kind": FailureKind.PROVIDER_FAILED_JOB.value})
     if remote.status is RemoteStatus.CANCELLED:
         return Advance(State.CANCELLED, reason="provider job cancelled", fields=fields)
     # The provider reopened the job (resumed after a pause, say): look again later.

@@ -29,10 +29,10 @@ from orchestrator.db.models import Job
 from orchestrator.db.transition import transition
 from orchestrator.db.types import new_id, utcnow
 from orchestrator.errors import (
+    DatasetError,
     MissingCredential,
     PermanentProviderError,
     ProviderAuthError,
-    ProviderError,
     RetryableProviderError,
     StaleTransition,
     TunectlError,
@@ -47,6 +47,7 @@ from orchestrator.states import (
     STARTS,
     STEP_FOR_STATE,
     TERMINAL,
+    FailureKind,
     State,
     can_move,
 )
@@ -150,24 +151,37 @@ def _attempt(job: Job, step: str, settings: Settings, engine: sa.Engine,
     try:
         ctx = StepContext(settings=settings, engine=engine, plugin=registry.get(job.provider),
                           now=now, options=job.spec.get("provider_options") or {})
-        try:
-            return STEPS[step](job, ctx)
-        except ProviderError as exc:
-            metrics.PROVIDER_ERRORS.labels(job.provider, step, type(exc).__name__).inc()
-            raise
+        return STEPS[step](job, ctx)
     except RetryableProviderError as exc:
         log.warning("step.retryable_error", error=str(exc), retry_after=exc.retry_after)
         return Retry(retry_delay(settings, job.attempts, exc.retry_after), str(exc))
     except (ProviderAuthError, MissingCredential) as exc:
         if State(job.state) not in PROVIDER_RESOURCE_LIVE:
-            return Advance(State.FAILED, reason=str(exc), fields={"error": str(exc)})
+            return failed(exc)
         log.error("step.credential_error", error=str(exc))
         return Retry(retry_delay(settings, job.attempts), str(exc))
     except (PermanentProviderError, UserError) as exc:
-        return Advance(State.FAILED, reason=str(exc), fields={"error": str(exc)})
+        return failed(exc)
     except Exception as exc:  # a bug or an unexpected failure: retry, bounded by the scheduler
         log.exception("step.crashed")
         return Retry(retry_delay(settings, job.attempts), f"{type(exc).__name__}: {exc}")
+
+
+#: The failure kind of each error a step can fail on (the first matching class wins).
+FAILURE_KINDS: tuple[tuple[type[TunectlError], FailureKind], ...] = (
+    (DatasetError, FailureKind.DATASET),
+    (MissingCredential, FailureKind.MISSING_CREDENTIAL),
+    (UserError, FailureKind.SPEC),
+    (ProviderAuthError, FailureKind.PROVIDER_AUTH),
+    (PermanentProviderError, FailureKind.PROVIDER_REJECTED),
+)
+
+
+def failed(exc: TunectlError) -> Advance:
+    """The outcome of a step that failed its job on ``exc``, classified."""
+    kind = next(k for cls, k in FAILURE_KINDS if isinstance(exc, cls))
+    return Advance(State.FAILED, reason=str(exc),
+                   fields={"error": str(exc), "failure_kind": kind.value})
 
 
 def _apply(job: Job, lease: str, outcome: Outcome | Retry, settings: Settings,

@@ -13,7 +13,8 @@ from orchestrator.errors import MissingCredential
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE", "TUNECTL_DATABASE_URL",
-                 "TUNECTL_BROKER_URL", "TUNECTL_DATA_DIR", "TUNECTL_OPENAI_BASE_URL"):
+                 "TUNECTL_DATABASE_URL_FILE", "TUNECTL_BROKER_URL", "TUNECTL_BROKER_URL_FILE",
+                 "TUNECTL_DATA_DIR", "TUNECTL_OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -62,6 +63,26 @@ def test_a_key_file_works_and_a_missing_key_says_how_to_fix_it(
     monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "absent"))
     with pytest.raises(MissingCredential, match="cannot be read"):
         Settings().credential("openai_api_key")
+
+
+def test_the_database_and_broker_urls_may_come_from_files(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """They hold passwords: a Kubernetes Secret, a compose secret or a systemd credential
+    mounts them as files, like the provider keys."""
+    (tmp_path / "db").write_text("postgresql://tunectl:s3cret@db/tunectl\n")
+    (tmp_path / "broker").write_text("redis://:s3cret@redis:6379/0\n")
+    monkeypatch.setenv("TUNECTL_DATABASE_URL_FILE", str(tmp_path / "db"))
+    monkeypatch.setenv("TUNECTL_BROKER_URL_FILE", str(tmp_path / "broker"))
+    settings = Settings()
+
+    assert settings.database_url == "postgresql://tunectl:s3cret@db/tunectl"
+    assert settings.broker_url == "redis://:s3cret@redis:6379/0"
+    monkeypatch.setenv("TUNECTL_DATABASE_URL", "postgresql://other/db")
+    assert Settings().database_url == "postgresql://other/db"  # the variable itself wins
+    monkeypatch.setenv("TUNECTL_BROKER_URL_FILE", str(tmp_path / "absent"))
+    with pytest.raises(MissingCredential, match="^TUNECTL_BROKER_URL_FILE=.*absent cannot be "
+                       r"read \(No such file or directory\); fix the path$"):
+        Settings()
 
 
 def test_nonsense_timings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,6 @@
-"""Process-local metrics: steps run through the real runner count their duration and the
-provider errors they met (by class); the scheduler counts how late it picked jobs up."""
+"""Process-local metrics: steps run through the real runner count their duration, every
+failed provider call is counted once (by operation and class); the scheduler counts how
+late it picked jobs up."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ def sample(name: str, **labels: str) -> float:
 def test_steps_and_the_scheduler_count_into_the_process_registry(
         settings: Settings, engine: sa.Engine, tmp_path: Path) -> None:
     step = {"step": "upload", "provider": "openai"}
+    throttled_upload = {"provider": "openai", "operation": "upload file",
+                        "error": "RateLimited"}
     before = (sample("tunectl_step_duration_seconds_count", **step, outcome="submitting"),
-              sample("tunectl_provider_errors_total", **{**step, "error": "RateLimited"}),
+              sample("tunectl_provider_errors_total", **throttled_upload),
               sample("tunectl_step_duration_seconds_count", **step, outcome="retry"),
               sample("tunectl_scheduler_pickup_lag_seconds_count"))
     clock = Clock()
@@ -33,7 +36,7 @@ def test_steps_and_the_scheduler_count_into_the_process_registry(
         assert pump.until_settled(pump.submit(make_spec(tmp_path)).id).state == "succeeded"
 
     after = (sample("tunectl_step_duration_seconds_count", **step, outcome="submitting"),
-             sample("tunectl_provider_errors_total", **{**step, "error": "RateLimited"}),
+             sample("tunectl_provider_errors_total", **throttled_upload),
              sample("tunectl_step_duration_seconds_count", **step, outcome="retry"),
              sample("tunectl_scheduler_pickup_lag_seconds_count"))
     assert [a - b for a, b in zip(after, before, strict=True)][:3] == [1, 1, 1]

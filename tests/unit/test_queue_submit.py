@@ -64,3 +64,31 @@ def test_a_spec_that_cannot_be_queued_is_dropped_with_the_reason_logged(
     assert "submit.rejected" in err and why in err
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one() == 0
+
+
+@pytest.mark.parametrize("project", [
+    pytest.param("x" * 65, id="longer-than-the-column"),
+    pytest.param("Support Team", id="not-a-project-name"),
+    pytest.param("", id="empty"),
+    pytest.param(42, id="not-a-string"),
+])
+def test_a_bad_project_is_dropped_with_the_reason_logged(
+        configured: Settings, engine: sa.Engine, tmp_path: Path, project: object,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The same rule as an API token's project: a 65-character one was a DataError on
+    PostgreSQL (jobs.project is 64 wide), retried by Celery to no end."""
+    from orchestrator import log
+    from workers.tasks import submit
+
+    log.configure("json", "info")
+    sha = BlobStore.from_settings(configured).put_stream(
+        io.BytesIO(write_dataset(tmp_path / "t.jsonl").read_bytes()), "t")
+    spec = {"name": "queued", "provider": "openai", "base_model": "gpt-4o-mini-2024-07-18",
+            "training_file": f"sha256:{sha}", "idempotency_key": "k"}
+
+    assert submit(spec, project) is None
+    err = capsys.readouterr().err
+    assert "submit.rejected" in err and "project" in err
+    assert "must be 1-64 lower-case letters, digits" in err
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one() == 0

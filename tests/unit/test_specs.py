@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.specs import MAX_SPEC_BYTES, checked_plugin, load_spec
+from orchestrator.specs import MAX_DEPTH, MAX_SPEC_BYTES, checked_plugin, load_spec
 
 GOOD = """\
 name: support-bot
@@ -111,6 +111,18 @@ def test_each_invalid_spec_gets_one_clear_line(tmp_path: Path, text: str, expect
 ])
 def test_json_traps_are_refused(tmp_path: Path, text: str, expected: str) -> None:
     assert expected in error_of(write(tmp_path, text, "spec.json"))
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    pytest.param("[" * 100_000, 1, id="flow-sequences"),
+    pytest.param("a: " + "{a: " * 1_000, 1, id="flow-mappings"),
+    pytest.param("".join(f"{' ' * i}- \n" for i in range(1_000)), MAX_DEPTH + 1,
+                 id="block-sequences"),
+])
+def test_yaml_nested_too_deeply_is_refused_like_json(tmp_path: Path, text: str,
+                                                     line: int) -> None:
+    assert error_of(write(tmp_path, text)) == \
+        f"{tmp_path / 'spec.yaml'}:{line}: nested too deeply"
 
 
 def test_oversized_and_non_utf8_specs_are_refused(tmp_path: Path) -> None:

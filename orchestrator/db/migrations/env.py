@@ -35,6 +35,9 @@ def _foreign_keys(connection: sa.Connection, on: bool) -> None:
     raw.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
 
 
+#: The advisory lock `tunectl db upgrade` holds on PostgreSQL ("tunectl" in ASCII).
+_UPGRADE_LOCK = 0x74756E6563746C
+
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
     sqlite = connection.dialect.name == "sqlite"
@@ -42,6 +45,11 @@ with engine.connect() as connection:
         _foreign_keys(connection, on=False)
     try:
         with connection.begin():
+            if connection.dialect.name == "postgresql":
+                # Every machine may run `tunectl db upgrade` at once (a systemd unit per
+                # host): the second waits here, then finds the schema at head. SQLite's
+                # BEGIN IMMEDIATE serializes them already.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
             context.configure(
                 connection=connection,
                 target_metadata=SQLModel.metadata,

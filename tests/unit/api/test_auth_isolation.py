@@ -96,3 +96,19 @@ def test_a_request_without_a_valid_token_is_401(client: TestClient, method: str,
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert "a valid API token is required" in response.json()["detail"]
+
+
+def test_the_401_names_the_command_that_makes_a_token(client: TestClient) -> None:
+    import re
+
+    import click
+    import typer
+
+    from orchestrator.cli import app
+
+    detail = client.get("/v1/jobs").json()["detail"]
+    named = re.search(r"`tunectl ([\w-]+)` makes one", detail)
+    command: click.Group = typer.main.get_command(app)  # type: ignore[assignment]
+
+    assert named is not None
+    assert command.get_command(click.Context(command), named.group(1)) is not None

@@ -3,15 +3,22 @@ and nothing stored when a request is refused."""
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 import yaml
 from fastapi.testclient import TestClient
+from structlog.testing import capture_logs
 
+from orchestrator.api.problems import DATABASE_DOWN
 from orchestrator.config import Settings
+from orchestrator.db.engine import make_engine
 from orchestrator.db.types import utcnow
 from orchestrator.providers.openai.emulator import Scenario
 from tests.helpers import Clock, Pump, in_process_emulator, write_dataset
@@ -108,6 +115,42 @@ class TestSubmit:
                                         "remove it"
         assert query.status_code == 422 and path.status_code == 422
 
+    @pytest.mark.parametrize(("change", "why"), [
+        pytest.param({"trainig_file": "x"}, "trainig_file: is not a known field",
+                     id="invalid-spec"),
+        pytest.param({"hyperparameters": {"n_epochs": 99}},
+                     'hyperparameters.n_epochs: must be an integer from 1 to 50',
+                     id="refused-by-the-provider-plugin"),
+    ])
+    def test_a_refused_multipart_submit_stores_nothing(
+            self, client: TestClient, api_settings: Settings, engine: sa.Engine,
+            tmp_path: Path, change: dict[str, object], why: str) -> None:
+        dataset = write_dataset(tmp_path / "train.jsonl")
+        response = client.post("/v1/jobs", headers=auth("alpha"),
+                               data={"spec": json.dumps({**SPEC, **change})},
+                               files={"training_file": ("t.jsonl", dataset.read_bytes())})
+
+        assert response.status_code == 400 and why in response.json()["detail"]
+        blobs = api_settings.blob_dir
+        assert not blobs.exists() or not [p for p in blobs.rglob("*") if p.is_file()]
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM uploaded_datasets"
+                                        ).scalar_one() == 0
+
+    def test_a_spec_nested_too_deeply_is_refused_in_one_line(
+            self, client: TestClient, tmp_path: Path) -> None:
+        """PyYAML recurses per nesting level: schemathesis found the 500."""
+        deep = "[" * 1_000
+        as_yaml = client.post("/v1/jobs", headers={**auth("alpha"),
+                                                   "content-type": "application/yaml"},
+                              content=deep)
+        as_part = client.post("/v1/jobs", headers=auth("alpha"), data={"spec": deep},
+                              files={"training_file": ("t.jsonl", b"{}\n")})
+
+        for response in (as_yaml, as_part):
+            assert response.status_code == 400
+            assert response.json()["detail"] == "request body:1: nested too deeply"
+
     def test_another_content_type_is_refused(self, client: TestClient) -> None:
         response = client.post("/v1/jobs", headers={**auth("alpha"),
                                                     "content-type": "text/plain"},
@@ -177,11 +220,34 @@ class TestList:
         cursor = client.get("/v1/jobs", headers=auth("alpha"), params={"cursor": "zzz"})
         naive = client.get("/v1/jobs", headers=auth("alpha"),
                            params={"created_after": "2026-01-01T00:00:00"})
+        seconds = client.get("/v1/jobs", headers=auth("alpha"), params={"created_after": "0.0"})
         state = client.get("/v1/jobs", headers=auth("alpha"), params={"state": "asleep"})
 
-        assert cursor.status_code == 400 and "start again without it" in cursor.json()["detail"]
+        assert cursor.status_code == 422 and "start again without it" in cursor.json()["detail"]
         assert naive.status_code == 422 and "created_after" in naive.json()["detail"]
+        assert seconds.status_code == 422
+        assert seconds.json()["detail"].startswith("query.created_after: Input should be an "
+                                                   "ISO 8601 time with a time zone")
         assert state.status_code == 422 and naive.json()["detail"].count("\n") == 0
+
+    @pytest.mark.parametrize(("params", "why"), [
+        pytest.param({"created_after": "0001-01-01T00:00:00+05:00"},
+                     "query.created_after: Input should be a time within the years 1 to 9999 "
+                     "once in UTC", id="before-year-1"),
+        pytest.param({"created_before": "9999-12-31T23:59:59-05:00"},
+                     "query.created_before: Input should be a time within the years 1 to "
+                     "9999 once in UTC", id="after-year-9999"),
+        pytest.param({"cursor": base64.urlsafe_b64encode(json.dumps(
+            ["0001-01-01T00:00:00+05:00", "job_x"]).encode()).decode().rstrip("=")},
+            "is not one this server gave out; start again without it", id="in-a-cursor"),
+    ])
+    def test_a_time_outside_the_calendar_in_utc_is_refused_in_one_line(
+            self, client: TestClient, params: dict[str, str], why: str) -> None:
+        """Converting it to UTC overflows Python's datetime: schemathesis found the 500."""
+        response = client.get("/v1/jobs", headers=auth("alpha"), params=params)
+
+        assert response.status_code == 422
+        assert why in response.json()["detail"] and "\n" not in response.json()["detail"]
 
 
 class TestJobRoutes:
@@ -223,16 +289,89 @@ class TestOperations:
         assert ready.status_code == 200, ready.text
         assert ready.json() == {"database": "ok", "broker": "ok"}
 
-    def test_readiness_fails_when_the_broker_does_not_answer(
+    def test_readiness_fails_when_the_broker_does_not_answer_naming_no_host(
             self, api_settings: Settings, engine: sa.Engine) -> None:
         from orchestrator.api.app import create_app
 
-        down = api_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
-        with TestClient(create_app(down, engine)) as client:
+        down = api_settings.model_copy(update={"broker_url": "redis://:hunter2@127.0.0.1:1/0"})
+        with TestClient(create_app(down, engine)) as client, capture_logs() as logs:
             ready = client.get("/readyz")
 
         assert ready.status_code == 503
-        assert ready.json()["database"] == "ok" and ready.json()["broker"] != "ok"
+        assert ready.json() == {"database": "ok", "broker": "unavailable"}
+        assert [e["dependency"] for e in logs if e["event"] == "api.not_ready"] == ["broker"]
+
+    def test_readiness_names_an_unmigrated_database_without_its_url(
+            self, api_settings: Settings, tmp_path: Path) -> None:
+        from orchestrator.api.app import create_app
+
+        empty = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+        with TestClient(create_app(api_settings, empty)) as client:
+            ready = client.get("/readyz")
+        empty.dispose()
+
+        assert ready.status_code == 503
+        assert ready.json()["database"] == "not migrated: run `tunectl db upgrade`"
+
+
+class TestDatabaseDown:
+    """A database that does not answer is a 503 on every route that needs it, with a
+    generic line: the driver's message (host, port, user) goes to the log only."""
+
+    URL = "postgresql://tunectl:hunter2@127.0.0.1:1/tunectl"
+
+    @pytest.fixture
+    def down(self, api_settings: Settings) -> Iterator[TestClient]:
+        from orchestrator.api.app import create_app
+
+        engine = make_engine(self.URL)
+        with TestClient(create_app(api_settings, engine)) as client:
+            yield client
+        engine.dispose()
+
+    @pytest.mark.parametrize(("method", "path", "who"), [
+        ("POST", "/v1/jobs", "alpha"), ("POST", "/v1/datasets", "alpha"),
+        ("GET", "/v1/jobs", "alpha"), ("GET", "/v1/jobs/job_x", "alpha"),
+        ("GET", "/v1/jobs/job_x/history", "alpha"), ("GET", "/v1/jobs/job_x/events", "alpha"),
+        ("POST", "/v1/jobs/job_x/cancel", "alpha"), ("GET", "/metrics", "ops"),
+    ])
+    def test_every_route_that_needs_it_is_a_503_naming_no_host(
+            self, down: TestClient, method: str, path: str, who: str) -> None:
+        body: dict[str, Any] = {"json": {**SPEC, "training_file": "sha256:" + "a" * 64}} \
+            if path == "/v1/jobs" else {"content": b"{}\n"} if method == "POST" else {}
+        with capture_logs() as logs:
+            response = down.request(method, path, headers=auth(who), **body)
+
+        assert response.status_code == 503, response.text
+        assert response.json() == {"detail": DATABASE_DOWN}
+        assert response.headers["retry-after"] == "5"
+        logged = [e for e in logs if e["event"] == "api.database_unavailable"]
+        assert logged and "127.0.0.1" in logged[0]["error"]
+
+    def test_readiness_says_unavailable_and_logs_why(self, down: TestClient) -> None:
+        with capture_logs() as logs:
+            ready = down.get("/readyz")
+
+        assert ready.status_code == 503
+        assert ready.json()["database"] == "unavailable"
+        assert "127.0.0.1" not in ready.text and "hunter2" not in ready.text
+        assert any(e["event"] == "api.not_ready" and "OperationalError" in e["error"]
+                   for e in logs)
+
+    @pytest.mark.parametrize(("exc", "unavailable"), [
+        (sa.exc.OperationalError("SELECT 1", {}, Exception("server closed")), True),
+        (sa.exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True),
+         True),
+        (sa.exc.TimeoutError("QueuePool limit reached"), True),
+        (sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")), False),
+        (sa.exc.DataError("INSERT", {}, Exception("value too long")), False),
+    ])
+    def test_only_an_unreachable_database_is_a_503(self, exc: Exception,
+                                                     unavailable: bool) -> None:
+        """A constraint or a bad statement is a bug: the server's 500, with its traceback."""
+        from orchestrator.api.problems import _unavailable
+
+        assert _unavailable(exc) is unavailable
 
     def test_metrics_need_an_admin_token_and_count_the_fleet(
             self, client: TestClient, tmp_path: Path) -> None:

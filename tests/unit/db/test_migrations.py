@@ -28,3 +28,46 @@ def test_an_unmigrated_database_is_refused_with_the_fix(tmp_path: Path) -> None:
 
 def test_a_migrated_database_passes(engine: sa.Engine) -> None:
     check_migrated(engine)
+
+
+@pytest.mark.postgres
+def test_upgrades_run_at_once_on_many_machines_all_succeed(tmp_path: Path) -> None:
+    """systemd runs tunectl-migrate on every host at boot: without a lock the second
+    `tunectl db upgrade` fails on the tables the first is creating (and its host's units
+    with it). Separate processes, as hosts are (Alembic's context is per process)."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from tests.conftest import PG_ADMIN_URL
+
+    name = f"tunectl_upgrade_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(False)
+    env = {**os.environ, "TUNECTL_DATABASE_URL": url, "TUNECTL_DATA_DIR": str(tmp_path)}
+    try:
+        hosts = [subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "db", "upgrade"],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for _ in range(3)]
+        outputs = [host.communicate(timeout=120)[0].decode() for host in hosts]
+        engine = make_engine(url)
+        assert [host.returncode for host in hosts] == [0, 0, 0], outputs
+        assert current_revision(engine) == head_revision()
+        engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def test_the_migration_checks_failure_kinds_as_the_models_do() -> None:
+    """The migration keeps its own frozen copy of the CHECKs; today they must agree."""
+    from importlib import import_module
+
+    from orchestrator.db.models import FAILURE_KIND_CHECKS
+
+    migration = import_module("orchestrator.db.migrations.versions.0006_projects_and_views")
+    assert migration.FAILURE_KIND_CHECKS == FAILURE_KIND_CHECKS

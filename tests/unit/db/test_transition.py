@@ -32,6 +32,8 @@ def new_job(engine: sa.Engine) -> str:
 
 def move(engine: sa.Engine, job_id: str, source: State, target: State, version: int,
          **fields: object) -> int:
+    if target is State.FAILED and source is not State.FAILED:
+        fields.setdefault("failure_kind", "gave_up")  # the table requires one while failed
     with session_scope(engine) as session:
         return transition(session, job_id, source=source, target=target, version=version,
                           reason=f"{source}→{target}", now=NOW, **fields)
@@ -101,6 +103,19 @@ class TestTransition:
         assert (job.finished_at, job.next_run_at, job.lease_owner, job.error) == (
             NOW, None, None, "bad dataset")
 
+    def test_a_failed_job_is_classified_until_it_leaves_failed(
+            self, engine: sa.Engine) -> None:
+        job_id = new_job(engine)
+        move(engine, job_id, State.QUEUED, State.FAILED, 1, failure_kind="dataset")
+        assert snapshot(engine, job_id)[0].failure_kind == "dataset"
+
+        move(engine, job_id, State.FAILED, State.FAILED, 2)  # a deployment deleted
+        assert snapshot(engine, job_id)[0].failure_kind == "dataset"
+        with session_scope(engine) as session:  # `tunectl deploy` re-opens it
+            transition(session, job_id, source=State.FAILED, target=State.DEPLOYING,
+                       version=3, reason="deploy requested", now=NOW)
+        assert snapshot(engine, job_id)[0].failure_kind is None
+
     def test_a_rollback_undoes_the_state_and_its_history_together(
             self, engine: sa.Engine) -> None:
         job_id = new_job(engine)
@@ -137,6 +152,11 @@ class TestTableInvariants:
         pytest.param("UPDATE jobs SET state = 'exploded'", id="unknown-state"),
         pytest.param("UPDATE jobs SET lease_owner = 'x'", id="lease-without-expiry"),
         pytest.param("UPDATE jobs SET version = 0", id="version-zero"),
+        pytest.param("UPDATE jobs SET state = 'failed', finished_at = updated_at, "
+                     "next_run_at = NULL", id="failed-without-a-kind"),
+        pytest.param("UPDATE jobs SET state = 'failed', finished_at = updated_at, "
+                     "next_run_at = NULL, failure_kind = 'gremlins'", id="unknown-kind"),
+        pytest.param("UPDATE jobs SET failure_kind = 'dataset'", id="kind-while-not-failed"),
     ])
     def test_inconsistent_rows_are_refused(self, engine: sa.Engine, sql: str) -> None:
         new_job(engine)

@@ -162,7 +162,8 @@ class TestWhatIsWritten:
             {"url": HOOK, "secret": "OTHER_NAME", "events": ["all"]},
         ])
         job_id = new_job(engine, [target()])
-        walk(engine, job_id, [State.VALIDATING, State.FAILED], error="bad dataset")
+        walk(engine, job_id, [State.VALIDATING, State.FAILED], error="bad dataset",
+             failure_kind="dataset")
 
         got = [(r.url, r.event_type, r.source, r.secret_name) for r in deliveries(engine)]
         assert got == [

@@ -9,11 +9,12 @@ import pytest
 
 from orchestrator.errors import (
     ProviderAuthError,
+    ProviderError,
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
 )
-from orchestrator.providers.http import ErrorInfo, retry_after, send
+from orchestrator.providers.http import ErrorInfo, retry_after, send, time_limit
 
 
 def describe(response: httpx.Response) -> ErrorInfo:
@@ -112,3 +113,41 @@ def test_an_upload_past_its_deadline_fails_as_retryable(tmp_path: object) -> Non
     with pytest.raises(ProviderUnavailable, match=r"did not finish within 0\.01 s"):
         body.read(4)
     assert body.tell() == 4  # everything else reaches the file
+
+
+def test_calls_inside_a_time_limit_time_out_sooner() -> None:
+    seen: list[dict[str, float]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200, json={})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler), timeout=60)
+    for limit in (2.5, None):
+        request = client.build_request("GET", "https://api.test/x")
+        if limit is None:
+            send(client, request, provider="p", operation="op", describe_error=describe)
+        else:
+            with time_limit(limit):
+                send(client, request, provider="p", operation="op", describe_error=describe)
+
+    assert set(seen[0].values()) == {2.5} and set(seen[1].values()) == {60.0}
+
+
+@pytest.mark.parametrize(("status", "raise_exc", "error"), [
+    pytest.param(400, None, "ProviderRejected", id="rejected"),
+    pytest.param(429, None, "RateLimited", id="throttled"),
+    pytest.param(200, httpx.ReadTimeout("slow"), "ProviderUnavailable", id="timed-out"),
+])
+def test_every_failed_call_is_counted_once_by_operation_and_class(
+        status: int, raise_exc: Exception | None, error: str) -> None:
+    """Counted where every call passes, so an error its caller handles (the cancel step's
+    ProviderRejected, say) counts too."""
+    from prometheus_client import REGISTRY
+
+    labels = {"provider": "p", "operation": "op", "error": error}
+    before = REGISTRY.get_sample_value("tunectl_provider_errors_total", labels) or 0.0
+    with pytest.raises(ProviderError):
+        call(status, raise_exc=raise_exc)
+
+    assert REGISTRY.get_sample_value("tunectl_provider_errors_total", labels) == before + 1

@@ -227,6 +227,7 @@ class TestFailures:
                                   ).json()["output"]
 
         assert failed.state == "failed" and failed.fine_tuned_model is not None
+        assert failed.failure_kind == "deployment_failed"
         assert failed.error is not None
         assert "ResourceExhausted: no GPU capacity in cn-beijing" in failed.error
         assert f"retry with `tunectl deploy {failed.id}`" in failed.error
@@ -248,6 +249,7 @@ class TestFailures:
             counters = stats(em)
 
         assert done.state == "failed"
+        assert done.failure_kind == "deployment_failed"
         assert done.error is not None and "did not serve within 30 s" in done.error
         assert counters["deployments_deleted"] == 1
         assert set(counters["deployments_by_status"]) <= {"DELETING"}
@@ -273,6 +275,7 @@ class TestFailures:
                 tmp_path, base_model="llama-3-8b-instruct")).id)
 
         assert done.state == "failed"
+        assert done.failure_kind == "provider_rejected"
         last = pump.history(done.id)[-1]
         assert (last.from_state, last.to_state) == ("submitting", "failed")
         assert last.reason is not None
@@ -288,6 +291,7 @@ class TestFailures:
             counters = stats(emulator)
 
         assert done.state == "failed" and done.fine_tuned_model is None
+        assert done.failure_kind == "provider_failed_job"
         assert done.error == ("provider failed the job: InternalError.Algo: loss diverged at "
                               "step 40")
         assert counters["deployments_created"] == {}
@@ -359,6 +363,7 @@ class TestExactlyOneDeployment:
             after = stats(emulator)
 
         assert done.state == "failed"
+        assert done.failure_kind == "gave_up"
         assert (done.error or "").startswith("gave up after 5 attempts at the deploy step")
         assert "the scheduler deletes its deployment" in (done.error or "")
         assert before["deployments"] == 1 and after["deployments_deleted"] == 1

@@ -12,9 +12,19 @@ from orchestrator import jobs as job_ops
 from orchestrator.config import Settings
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import ProviderFile
+from orchestrator.errors import (
+    DatasetError,
+    MissingCredential,
+    ProviderAuthError,
+    ProviderRejected,
+    TunectlError,
+    UnknownProvider,
+)
 from orchestrator.providers.base import JobRequest, RemoteJob
 from orchestrator.providers.http import set_shared_client
 from orchestrator.providers.openai.emulator import Scenario
+from orchestrator.states import State
+from orchestrator.steps.runner import failed
 from tests.helpers import Clock, Pump, in_process_emulator, make_spec
 
 
@@ -77,6 +87,7 @@ class TestDpoAndValidation:
             stats = emulator.get("/_emulator/stats").json()
 
         assert done.state == "failed"
+        assert done.failure_kind == "dataset"
         assert done.error == (
             "training_file:1: the example has no assistant message, so there is nothing to "
             'learn; add the reply as {"role": "assistant", "content": "..."} '
@@ -95,6 +106,7 @@ class TestDpoAndValidation:
             stats = emulator.get("/_emulator/stats").json()
 
         assert done.state == "failed"
+        assert done.failure_kind == "dataset"
         assert states(pump, done.id) == ["queued", "validating", "failed"]
         reason = pump.history(done.id)[-1].reason or ""
         assert reason.startswith("training_file: estimated training cost $0.00")
@@ -127,6 +139,7 @@ class TestProviderOutcomes:
             done = pump.until_settled(pump.submit(spec).id)
 
         assert done.state == "failed"
+        assert done.failure_kind == "provider_failed_job"
         assert done.error is not None and "invalid_training_file" in done.error
         assert pump.history(done.id)[-1].reason == done.error
 
@@ -187,6 +200,7 @@ class TestProviderOutcomes:
             done = pump.until_settled(job.id)
 
         assert done.state == "failed"
+        assert done.failure_kind == "missing_credential"
         assert done.error == ("OPENAI_API_KEY is not set; export it or set OPENAI_API_KEY_FILE "
                               "to a file")
 
@@ -363,6 +377,7 @@ class TestGivingUp:
             done = pump.until_settled(pump.submit(make_spec(tmp_path)).id, step_s=60)
 
         assert done.state == "failed"
+        assert done.failure_kind == "gave_up"
         last = pump.history(done.id)[-1]
         assert last.reason is not None
         assert last.reason.startswith("gave up after 5 attempts at the upload step; "
@@ -464,3 +479,22 @@ class TestLiveProviderJobs:
 
         assert cancelled == ["cancelling"]
         assert pump.job(job.id).state == "cancelled"
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    pytest.param(DatasetError("train.jsonl:3: not JSON"), "dataset", id="dataset"),
+    pytest.param(MissingCredential("OPENAI_API_KEY is not set"), "missing_credential",
+                 id="missing-credential"),
+    pytest.param(UnknownProvider("unknown provider 'nope'"), "spec", id="spec"),
+    pytest.param(ProviderAuthError("bad key", provider="openai", status=401), "provider_auth",
+                 id="provider-auth"),
+    pytest.param(ProviderRejected("no such model", provider="openai", status=400),
+                 "provider_rejected", id="provider-rejected"),
+])
+def test_every_error_a_step_fails_on_has_a_failure_kind(error: TunectlError,
+                                                        kind: str) -> None:
+    """The kind dashboards group failures on (failure_reasons), whatever the error text."""
+    outcome = failed(error)
+
+    assert outcome.target is State.FAILED
+    assert outcome.fields == {"error": str(error), "failure_kind": kind}

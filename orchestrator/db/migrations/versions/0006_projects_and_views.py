@@ -1,5 +1,6 @@
-"""Projects and dashboards: jobs.project (idempotency keys become per project), the
-datasets each project uploaded through the API, and the SQL views ops dashboards read.
+"""Projects and dashboards: jobs.project (idempotency keys become per project),
+jobs.failure_kind (why a failed job failed, as a stable class), the datasets each project
+uploaded through the API, and the SQL views ops dashboards read.
 
 The views are written once per dialect only where the dialects differ (seconds between two
 times, reading a JSON field, the current time); docs/dashboards.md documents each one, and
@@ -22,6 +23,14 @@ branch_labels = None
 depends_on = None
 
 LIVE = "('creating', 'deploying', 'running', 'deleting')"
+#: jobs.failure_kind's CHECKs as this revision creates them (models.FAILURE_KIND_CHECKS).
+FAILURE_KIND_CHECKS = {
+    "failure_kind_known": "failure_kind IS NULL OR failure_kind IN ('dataset', 'spec', "
+                          "'missing_credential', 'provider_auth', 'provider_rejected', "
+                          "'provider_failed_job', 'gave_up', 'deployment_failed', "
+                          "'unclassified')",
+    "failed_has_kind": "(state = 'failed') = (failure_kind IS NOT NULL)",
+}
 TERMINAL = "('succeeded', 'failed', 'cancelled')"
 
 #: Per dialect: seconds from a to b, a JSON number field of jobs.dataset, and now.
@@ -76,12 +85,17 @@ def views(dialect: str) -> dict[str, str]:
                   FROM job_state_durations) d
             GROUP BY provider, base_model, state
         """,
-        # Why jobs failed, by project and provider.
+        # Why jobs failed: by project, provider and failure kind (jobs.error embeds request
+        # ids and job-specific text, so it groups nothing), with the newest one's reason.
         "failure_reasons": """
-            SELECT project, provider, COALESCE(error, '(no reason recorded)') AS reason,
-                   COUNT(*) AS jobs, MAX(finished_at) AS last_failed_at
-            FROM jobs WHERE state = 'failed'
-            GROUP BY project, provider, COALESCE(error, '(no reason recorded)')
+            SELECT project, provider, failure_kind, COUNT(*) AS jobs,
+                   MAX(finished_at) AS last_failed_at,
+                   MAX(CASE WHEN newest = 1 THEN error END) AS example_reason
+            FROM (SELECT project, provider, failure_kind, finished_at, error,
+                         ROW_NUMBER() OVER (PARTITION BY project, provider, failure_kind
+                                            ORDER BY finished_at DESC, id DESC) AS newest
+                  FROM jobs WHERE state = 'failed') f
+            GROUP BY project, provider, failure_kind
         """,
         # Deployments that exist (and bill) at their provider, with their age.
         "deployments_up": f"""
@@ -112,9 +126,14 @@ def upgrade() -> None:
             op.f("uq_jobs_project_idempotency_key"), ["project", "idempotency_key"])
         batch_op.create_index("ix_jobs_project_created", ["project", "created_at", "id"],
                               unique=False)
+        batch_op.add_column(sa.Column("failure_kind", sa.String(length=30), nullable=True))
+    # Jobs that failed before failure kinds were recorded.
+    op.execute("UPDATE jobs SET failure_kind = 'unclassified' WHERE state = 'failed'")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         # The model sets the value on every insert; the default only filled existing rows.
         batch_op.alter_column("project", server_default=None)
+        for name, condition in FAILURE_KIND_CHECKS.items():
+            batch_op.create_check_constraint(op.f(f"ck_jobs_{name}"), condition)
 
     op.create_table(
         "uploaded_datasets",
@@ -133,6 +152,9 @@ def downgrade() -> None:
         op.execute(f"DROP VIEW {name}")
     op.drop_table("uploaded_datasets")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        for name in FAILURE_KIND_CHECKS:
+            batch_op.drop_constraint(op.f(f"ck_jobs_{name}"), type_="check")
+        batch_op.drop_column("failure_kind")
         batch_op.drop_index("ix_jobs_project_created")
         batch_op.drop_constraint(op.f("uq_jobs_project_idempotency_key"), type_="unique")
         batch_op.create_unique_constraint(op.f("uq_jobs_idempotency_key"), ["idempotency_key"])
