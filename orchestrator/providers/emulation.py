@@ -24,13 +24,13 @@ import secrets
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
 import uvicorn
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.applications import Starlette
@@ -318,6 +318,36 @@ def admin_routes(scenario_type: type[FaultScenario]) -> list[tuple[str, str, Cal
         ("POST", "/_emulator/reset", reset),
         ("GET", "/_emulator/stats", stats),
     ]
+
+
+# --- The app ----------------------------------------------------------------------------------
+
+
+def emulator_app(
+    title: str,
+    store: FaultStore[Any],
+    routes: Sequence[tuple[str, str, Callable[..., Any]]],
+    handlers: Mapping[type[Exception], Callable[[Request, Exception], Any]],
+    *,
+    refusals: Refusals,
+    api_key: str | None,
+    api_prefix: str | tuple[str, ...],
+    accepts: Callable[[str], bool] | None = None,
+    inner: Sequence[tuple[Any, dict[str, Any]]] = (),
+) -> FastAPI:
+    """An emulator's ASGI app: ``routes`` (method, path, endpoint) on ``store``, the
+    provider's exception ``handlers``, ``inner`` middleware, and FaultMiddleware around all."""
+    app = FastAPI(title=title, openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.store = store
+    for method, path, endpoint in routes:
+        app.add_api_route(path, endpoint, methods=[method])
+    for exc, handler in handlers.items():
+        app.add_exception_handler(exc, handler)
+    for cls, options in inner:
+        app.add_middleware(cls, **options)
+    app.add_middleware(FaultMiddleware, store=store, api_key=api_key, routes=app.router.routes,
+                       api_prefix=api_prefix, refusals=refusals, accepts=accepts)
+    return app
 
 
 # --- Serving every emulator -------------------------------------------------------------------

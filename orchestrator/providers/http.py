@@ -7,6 +7,7 @@ errors into ProviderUnavailable and classifies HTTP statuses as retryable (408, 
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -54,10 +55,14 @@ class Deadline:
         self._file, self._seconds, self._provider = file, seconds, provider
         self._deadline = time.monotonic() + seconds
 
-    def read(self, size: int = -1) -> bytes:
+    def check(self) -> None:
+        """Raise ProviderUnavailable once the deadline has passed."""
         if time.monotonic() > self._deadline:
             raise ProviderUnavailable(f"the upload did not finish within {self._seconds:g} s",
                                       provider=self._provider, operation="upload file")
+
+    def read(self, size: int = -1) -> bytes:
+        self.check()
         return self._file.read(size)
 
     def __getattr__(self, name: str) -> Any:  # fileno, seek, tell: for the content length
@@ -105,6 +110,8 @@ class ErrorInfo(NamedTuple):
     permanent: bool = False
     #: The code means "slow down" whatever the status (e.g. DashScope's Throttling.*).
     throttled: bool = False
+    #: Seconds the body asks us to wait (Google's RetryInfo), when no header says so.
+    retry_after: float | None = None
 
 
 def _seconds(value: float) -> float | None:
@@ -128,9 +135,11 @@ def classify(response: httpx.Response, *, provider: str, operation: str,
         cls = ProviderAuthError
     else:
         cls = ProviderRejected
+    wait = retry_after(response.headers)
     return cls(info.message, provider=provider, operation=operation, status=status,
                request_id=info.request_id,
-               retry_after=retry_after(response.headers) if cls.retryable else None)
+               retry_after=(info.retry_after if wait is None else wait) if cls.retryable
+               else None)
 
 
 def send(
@@ -159,3 +168,18 @@ def send(
         return response
     raise classify(response, provider=provider, operation=operation,
                    info=describe_error(response))
+
+
+def json_object(response: httpx.Response, *, provider: str, operation: str,
+                parse: Callable[[bytes], Any] = json.loads) -> dict[str, Any]:
+    """A 2xx response's body, which must be a JSON object (else ProviderUnavailable: a
+    proxy's error page, a truncated answer)."""
+    try:
+        body = parse(response.content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProviderUnavailable("the response was not JSON", provider=provider,
+                                  operation=operation, status=response.status_code) from exc
+    if not isinstance(body, dict):
+        raise ProviderUnavailable("the response was not a JSON object", provider=provider,
+                                  operation=operation, status=response.status_code)
+    return body

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import structlog
 
-from orchestrator.errors import ProviderAuthError, ProviderRejected, ProviderUnavailable
+from orchestrator.errors import ProviderAuthError, ProviderRejected
 from orchestrator.providers import http
 from orchestrator.providers.base import JobRequest, RemoteEvent, RemoteFile, RemoteJob
 from orchestrator.providers.vertex import translate
@@ -71,15 +71,7 @@ class VertexClient:
     def _call(self, operation: str, method: str, path: str, *, base: str | None = None,
               **kwargs: Any) -> dict[str, Any]:
         response = self._send(operation, method, f"{base or self._base}{path}", **kwargs)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise ProviderUnavailable("the response was not JSON", provider=PROVIDER,
-                                      operation=operation, status=response.status_code) from exc
-        if not isinstance(body, dict):
-            raise ProviderUnavailable("the response was not a JSON object", provider=PROVIDER,
-                                      operation=operation, status=response.status_code)
-        return body
+        return http.json_object(response, provider=PROVIDER, operation=operation)
 
     # Datasets
 

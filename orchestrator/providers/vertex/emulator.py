@@ -40,9 +40,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from orchestrator.providers import emulation
 from orchestrator.providers.emulation import (
     EmulatorMount,
-    FaultMiddleware,
     Throttle,
     admin_routes,
+    emulator_app,
     route_path,
 )
 from orchestrator.providers.vertex.emulator_state import (
@@ -404,19 +404,12 @@ def create_app(
         clock: seconds since the epoch; inject a fake one to drive jobs and token expiry
             without sleeping.
     """
-    app = FastAPI(title="Google Vertex AI + Cloud Storage emulator (tunectl)",
-                  openapi_url=None, docs_url=None, redoc_url=None)
-    store = app.state.store = Store(scenario or Scenario(), clock)
-    for method, path, endpoint in ROUTES:
-        app.add_api_route(path, endpoint, methods=[method])
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _server_error)
-    app.add_middleware(FaultMiddleware, store=store, api_key=api_key, routes=app.router.routes,
-                       api_prefix=API_PREFIXES, refusals=GoogleRefusals(store),
-                       accepts=store.token_valid)
-    return app
+    store = Store(scenario or Scenario(), clock)
+    return emulator_app("Google Vertex AI + Cloud Storage emulator (tunectl)", store, ROUTES, {
+        ApiError: _api_error, StarletteHTTPException: _http_error,
+        RequestValidationError: _validation_error, Exception: _server_error,
+    }, refusals=GoogleRefusals(store), api_key=api_key, api_prefix=API_PREFIXES,
+        accepts=store.token_valid)
 
 
 #: Where `tunectl emulator` mounts this emulator.
