@@ -48,11 +48,12 @@ def child(args: argparse.Namespace) -> None:
     """Upload once and print the figures as JSON (run in a fresh process)."""
     from orchestrator.config import Settings
     from orchestrator.providers import registry
+    from orchestrator.providers.vertex.emulator import DEMO_BUCKET
 
     path = Path(args.file)
     sha = hashlib.sha256(f"{path}{time.time()}".encode()).hexdigest()  # a fresh object name
     settings = Settings(data_dir=Path(args.work), vertex_base_url=args.base,
-                        gcs_base_url=args.base, gcs_bucket="bench", gcs_prefix="bench/",
+                        gcs_base_url=args.base, gcs_bucket=DEMO_BUCKET, gcs_prefix="bench/",
                         gcs_resumable_threshold_bytes=8 << 20,
                         gcs_chunk_bytes=args.chunk_mb << 20, upload_timeout_s=3600,
                         lease_s=7200, broker_visibility_timeout_s=7201,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings
 from orchestrator.errors import MissingCredential, SpecError
 from orchestrator.providers.vertex import auth, translate
@@ -63,7 +64,8 @@ class VertexPlugin:
                    "chunk_bytes": settings.gcs_chunk_bytes,
                    "deadline_s": settings.upload_deadline_s}
         return VertexClient(http, creds, project=project, location=location,
-                            base_url=settings.vertex_base_url or None, storage=storage)
+                            base_url=settings.vertex_base_url or None, storage=storage,
+                            local=BlobStore.from_settings(settings).open_path)
 
     def emulator(self, *, job_duration_s: float, api_key: str | None) -> EmulatorMount:
         """The Google emulator (OAuth token endpoint, Cloud Storage, Vertex AI), mounted

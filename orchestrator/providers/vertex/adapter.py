@@ -5,7 +5,7 @@ client with a Google access token (auth.py)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,11 @@ class VertexClient:
     """One Google Cloud project and location, with its dataset bucket and credentials."""
 
     def __init__(self, client: httpx.Client, auth: GoogleAuth, *, project: str,
-                 location: str, base_url: str | None, storage: Mapping[str, Any]) -> None:
-        """``base_url`` overrides Google's endpoint of each location (a proxy, the emulator)."""
-        self._client, self._auth = client, auth
+                 location: str, base_url: str | None, storage: Mapping[str, Any],
+                 local: Callable[[str], Path]) -> None:
+        """``base_url`` overrides Google's endpoint of each location (a proxy, the emulator);
+        ``local`` gives the local file of a dataset by its hash (to check copies against)."""
+        self._client, self._auth, self._local = client, auth, local
         self._request = HttpxRequest(client)
         self.project, self.location = project, location
         self._override = base_url.rstrip("/") if base_url else None
@@ -76,7 +78,7 @@ class VertexClient:
     # Datasets
 
     def find_file(self, sha256: str) -> RemoteFile | None:
-        return self.storage.find(sha256)
+        return self.storage.find(sha256, self._local(sha256))
 
     def file_exists(self, file_id: str) -> bool:
         return self.storage.exists(file_id)

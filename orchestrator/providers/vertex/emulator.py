@@ -4,7 +4,9 @@ benchmarks.
 `create_app()` serves, at one root (`tunectl emulator` mounts it under /google):
 
     POST /token                                   OAuth 2 token endpoint (jwt-bearer grant)
+    POST /storage/v1/b?project=…                  create a bucket (GET …/b/{bucket}: read it)
     GET  /storage/v1/b/{bucket}/o/{object}        object metadata (``alt=media``: its bytes)
+    DELETE /storage/v1/b/{bucket}/o/{object}      delete it (``ifGenerationMatch``)
     GET  /download/storage/v1/b/{bucket}/o/{object}   its bytes (the object's ``mediaLink``)
     POST /upload/storage/v1/b/{bucket}/o          uploadType=media | multipart | resumable
     PUT  /upload/storage/v1/b/{bucket}/o          a resumable session's chunks (``upload_id``)
@@ -28,7 +30,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Form, Query, Request
@@ -183,14 +185,14 @@ async def upload(request: Request, store: StoreDep, bucket: str,
         if not name:
             raise ApiError(400, "INVALID_ARGUMENT", "Required parameter: name", storage=True)
         return store.put_object(bucket, name, body, request.headers.get("content-type", ""),
-                                {}, only_if_absent, "media", _base(request))
+                                {}, only_if_absent, "media", _base(request), {})
     if upload_type == "multipart":
         metadata, content, content_type = _multipart(request.headers.get("content-type", ""),
                                                      body)
         return store.put_object(bucket, str(metadata.get("name") or name or ""), content,
                                 str(metadata.get("contentType") or content_type),
                                 _custom(metadata), only_if_absent, "multipart",
-                                _base(request))
+                                _base(request), _hashes(metadata))
     if upload_type == "resumable":
         metadata = json.loads(body) if body.strip() else {}
         if not isinstance(metadata, dict):
@@ -199,7 +201,8 @@ async def upload(request: Request, store: StoreDep, bucket: str,
         upload_id = store.start_upload(
             bucket, str(metadata.get("name") or name or ""),
             str(metadata.get("contentType") or request.headers.get("x-upload-content-type")
-                or "application/octet-stream"), _custom(metadata), only_if_absent)
+                or "application/octet-stream"), _custom(metadata), only_if_absent,
+            _hashes(metadata))
         session = request.url.include_query_params(upload_id=upload_id)
         return Response(status_code=200, headers={"location": str(session)})
     raise ApiError(400, "INVALID_ARGUMENT", f"Invalid uploadType {upload_type!r}",
@@ -224,6 +227,31 @@ def _absent(if_generation_match: str | None) -> bool:
         raise ApiError(400, "INVALID_ARGUMENT", "The emulator supports ifGenerationMatch=0 "
                        "only", storage=True)
     return True
+
+
+def create_bucket(store: StoreDep, body: JsonBody, project: str | None = None) -> Any:
+    """Create a bucket (buckets.insert)."""
+    if not project:
+        raise ApiError(400, "INVALID_ARGUMENT", "Required parameter: project", storage=True)
+    return store.create_bucket(str(_object(body).get("name") or ""))
+
+
+def get_bucket(store: StoreDep, bucket: str) -> Any:
+    """A bucket (buckets.get)."""
+    return store.get_bucket(bucket)
+
+
+def delete_object(store: StoreDep, bucket: str, name: str,
+                  if_generation_match: Annotated[str | None, Query(
+                      alias="ifGenerationMatch")] = None) -> Response:
+    """Delete an object (only the given generation, with ``ifGenerationMatch``)."""
+    store.delete_object(bucket, name, if_generation_match)
+    return Response(status_code=204)
+
+
+def _hashes(metadata: dict[str, Any]) -> dict[str, str]:
+    """The md5Hash and crc32c an object resource gives for its bytes."""
+    return {k: str(metadata[k]) for k in ("md5Hash", "crc32c") if metadata.get(k)}
 
 
 def _custom(metadata: dict[str, Any]) -> dict[str, str]:
@@ -311,7 +339,10 @@ ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("POST", "/token", token),
     ("POST", "/_emulator/service-accounts", add_service_account),
     ("POST", "/_emulator/service-accounts/keys", new_service_account_key),
+    ("POST", "/storage/v1/b", create_bucket),
+    ("GET", "/storage/v1/b/{bucket}", get_bucket),
     ("GET", "/storage/v1/b/{bucket}/o/{name:path}", get_object),
+    ("DELETE", "/storage/v1/b/{bucket}/o/{name:path}", delete_object),
     ("GET", "/download/storage/v1/b/{bucket}/o/{name:path}", download_object),
     ("POST", "/upload/storage/v1/b/{bucket}/o", upload),
     ("PUT", "/upload/storage/v1/b/{bucket}/o", upload_chunk),
@@ -395,6 +426,7 @@ def create_app(
     *,
     api_key: str | None = None,
     clock: Callable[[], float] = time.time,
+    buckets: Iterable[str] = (),
 ) -> FastAPI:
     """The emulator as an ASGI app (routes as above, admin at /_emulator).
 
@@ -403,8 +435,10 @@ def create_app(
         api_key: a bearer token accepted besides those the token endpoint issued.
         clock: seconds since the epoch; inject a fake one to drive jobs and token expiry
             without sleeping.
+        buckets: Cloud Storage buckets that exist from the start (others are created with
+            ``POST /storage/v1/b``; objects elsewhere are 404).
     """
-    store = Store(scenario or Scenario(), clock)
+    store = Store(scenario or Scenario(), clock, buckets)
     return emulator_app("Google Vertex AI + Cloud Storage emulator (tunectl)", store, ROUTES, {
         ApiError: _api_error, StarletteHTTPException: _http_error,
         RequestValidationError: _validation_error, Exception: _server_error,
@@ -414,13 +448,16 @@ def create_app(
 
 #: Where `tunectl emulator` mounts this emulator.
 PREFIX = "/google"
+#: The bucket `tunectl emulator` starts with (the demo's).
+DEMO_BUCKET = "tunectl-demo"
 
 
 def mount(*, job_duration_s: float, api_key: str | None) -> EmulatorMount:
     """The emulator as ``tunectl emulator`` serves it: under /google, which is then both
     TUNECTL_VERTEX_BASE_URL and TUNECTL_GCS_BASE_URL (and the token_uri's base)."""
     return EmulatorMount("Google (Vertex AI, Cloud Storage, OAuth)", PREFIX, "",
-                         create_app(Scenario(job_duration_s=job_duration_s), api_key=api_key))
+                         create_app(Scenario(job_duration_s=job_duration_s), api_key=api_key,
+                                    buckets=[DEMO_BUCKET]))
 
 
 def serve(host: str, port: int, scenario: Scenario | None = None,

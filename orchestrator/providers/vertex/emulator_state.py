@@ -18,6 +18,7 @@ import json
 import re
 import secrets
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from urllib.parse import quote
 
 import google.auth.exceptions
 import google.auth.jwt
+import google_crc32c
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.datasets.issues import IssueLog
@@ -52,6 +54,7 @@ ADAPTER_SIZES = ("ADAPTER_SIZE_UNSPECIFIED", "ADAPTER_SIZE_ONE", "ADAPTER_SIZE_T
 PENDING_SHARE, CANCEL_SHARE = 0.1, 0.1
 LIVE = frozenset({"JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"})
 MAX_PAGE, DEFAULT_PAGE = 100, 50
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]")
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _FILTER_TERM = re.compile(r'^labels\.([a-z][a-z0-9_-]*)\s*=\s*(?:"([^"]*)"|([a-z0-9_-]*))$')
@@ -67,8 +70,8 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         """The error body; Cloud Storage's has ``errors`` instead of ``status``."""
         if self.storage:
-            reason = {400: "invalid", 401: "required", 404: "notFound", 412:
-                      "conditionNotMet"}.get(self.code, "backendError")
+            reason = {400: "invalid", 401: "required", 404: "notFound", 409: "conflict",
+                      410: "gone", 412: "conditionNotMet"}.get(self.code, "backendError")
             return {"error": {"code": self.code, "message": self.message, "errors": [
                 {"message": self.message, "domain": "global", "reason": reason}]}}
         return {"error": {"code": self.code, "message": self.message, "status": self.status}}
@@ -113,6 +116,12 @@ class Scenario(FaultScenario):
     fail_jobs: Failure | None = None  # every new job ends this way
     #: Lifetime of an access token, in the emulator's clock.
     token_lifetime_s: float = Field(3600.0, gt=0)
+    #: The next N resumable chunks keep only their first ``partial_chunk_bytes`` bytes
+    #: (0: none), as a server that persisted part of a chunk answers 308 with less.
+    partial_chunks: int = Field(0, ge=0)
+    partial_chunk_bytes: int = Field(0, ge=0)
+    #: The next N resumable chunk requests find their session expired: 410, and it is gone.
+    expire_sessions: int = Field(0, ge=0)
     throttle: Throttle = Field(default_factory=lambda: Throttle(routes=API_ROUTES))
     server_errors: ServerErrors = Field(default_factory=lambda: ServerErrors(routes=API_ROUTES))
     latency: Latency = Field(default_factory=lambda: Latency(routes=API_ROUTES))
@@ -141,7 +150,7 @@ class StoredObject:
     @property
     def md5(self) -> str:
         """The base64 MD5 of the content, as Cloud Storage reports it."""
-        return base64.b64encode(hashlib.md5(self.content).digest()).decode()
+        return md5_of(self.content)
 
     def to_api(self, base: str) -> dict[str, Any]:
         """The Object resource (int64 fields as strings), its links under ``base``."""
@@ -151,7 +160,8 @@ class StoredObject:
                 "name": self.name,
                 "bucket": self.bucket, "generation": str(self.generation),
                 "metageneration": "1", "contentType": self.content_type,
-                "size": str(len(self.content)), "md5Hash": md5, "metadata": self.metadata,
+                "size": str(len(self.content)), "md5Hash": md5,
+                "crc32c": crc32c_of(self.content), "metadata": self.metadata,
                 "timeCreated": rfc3339(self.created_at), "updated": rfc3339(self.created_at),
                 "storageClass": "STANDARD", "etag": md5[:12],
                 "selfLink": f"{base}/storage/v1/b/{path}",
@@ -168,6 +178,8 @@ class UploadSession:
     content_type: str
     metadata: dict[str, str]
     only_if_absent: bool
+    #: The md5Hash and crc32c the client gave, checked once every byte is in.
+    hashes: dict[str, str]
     received: bytearray = field(default_factory=bytearray)
 
 
@@ -256,10 +268,17 @@ class TuningJob:
 
 
 class Store(FaultStore[Scenario]):
-    """Keys, tokens, objects, upload sessions, tuning jobs and counters, behind one lock."""
+    """Keys, tokens, buckets, objects, upload sessions, tuning jobs and counters, behind one
+    lock. ``buckets`` exist from the start (and again after a reset)."""
+
+    def __init__(self, scenario: Scenario, clock: Callable[[], float],
+                 buckets: Iterable[str] = ()) -> None:
+        self._initial_buckets = frozenset(buckets)
+        super().__init__(scenario, clock)
 
     def _reset(self) -> None:
         super()._reset()
+        self._buckets: set[str] = set(self._initial_buckets)
         self._keys: dict[str, tuple[str, str]] = {}  # key id → (client email, public PEM)
         self._tokens: dict[str, tuple[str, float]] = {}  # token → (email, expires at)
         self._objects: dict[tuple[str, str], StoredObject] = {}
@@ -338,16 +357,43 @@ class Store(FaultStore[Scenario]):
 
     # Cloud Storage
 
+    def create_bucket(self, name: str) -> dict[str, Any]:
+        """A new bucket (buckets.insert); 409 if it exists."""
+        if not _BUCKET.fullmatch(name):
+            raise ApiError(400, "INVALID_ARGUMENT", f"Invalid bucket name: '{name}'",
+                           storage=True)
+        with self._lock:
+            if name in self._buckets:
+                raise ApiError(409, "ALREADY_EXISTS", "Your previous request to create the "
+                               "named bucket succeeded and you already own it.", storage=True)
+            self._buckets.add(name)
+            return _bucket_resource(name)
+
+    def get_bucket(self, name: str) -> dict[str, Any]:
+        """A bucket's resource (buckets.get)."""
+        with self._lock:
+            self._bucket(name)
+            return _bucket_resource(name)
+
+    def _bucket(self, bucket: str) -> None:
+        """Raise 404 for a bucket that does not exist; the caller holds the lock."""
+        if bucket not in self._buckets:
+            raise not_found("The specified bucket does not exist.", storage=True)
+
     def put_object(self, bucket: str, name: str, content: bytes, content_type: str,
                    metadata: dict[str, str], only_if_absent: bool, kind: str,
-                   base: str) -> dict[str, Any]:
+                   base: str, hashes: dict[str, str]) -> dict[str, Any]:
         """Create (or replace) an object.
 
         Raises:
-            ApiError: 412 when ``only_if_absent`` and it exists.
+            ApiError: 404 for an unknown bucket, 400 when ``hashes`` (md5Hash, crc32c) are
+                not the content's (nothing is stored), 412 when ``only_if_absent`` and it
+                exists.
         """
         _check_object_name(name)
+        _check_hashes(hashes, content)
         with self._lock:
+            self._bucket(bucket)
             if only_if_absent and (bucket, name) in self._objects:
                 raise ApiError(412, "FAILED_PRECONDITION", "At least one of the pre-conditions "
                                "you specified did not hold.", storage=True)
@@ -362,22 +408,38 @@ class Store(FaultStore[Scenario]):
     def get_object(self, bucket: str, name: str) -> StoredObject:
         """An object (its bytes too)."""
         with self._lock:
+            self._bucket(bucket)
             stored = self._objects.get((bucket, name))
             if stored is None:
                 raise not_found(f"No such object: {bucket}/{name}", storage=True)
             return stored
 
+    def delete_object(self, bucket: str, name: str, if_generation_match: str | None) -> None:
+        """Delete an object, with ``ifGenerationMatch`` only that generation (else 412)."""
+        with self._lock:
+            self._bucket(bucket)
+            stored = self._objects.get((bucket, name))
+            if stored is None:
+                raise not_found(f"No such object: {bucket}/{name}", storage=True)
+            if if_generation_match not in (None, "", str(stored.generation)):
+                raise ApiError(412, "FAILED_PRECONDITION", "At least one of the pre-conditions "
+                               "you specified did not hold.", storage=True)
+            del self._objects[(bucket, name)]
+            self._counts["objects_deleted"] += 1
+
     def start_upload(self, bucket: str, name: str, content_type: str,
-                     metadata: dict[str, str], only_if_absent: bool) -> str:
+                     metadata: dict[str, str], only_if_absent: bool,
+                     hashes: dict[str, str]) -> str:
         """A resumable upload session id."""
         _check_object_name(name)
         with self._lock:
+            self._bucket(bucket)
             if only_if_absent and (bucket, name) in self._objects:
                 raise ApiError(412, "FAILED_PRECONDITION", "At least one of the pre-conditions "
                                "you specified did not hold.", storage=True)
             upload_id = secrets.token_urlsafe(24)
             self._sessions[upload_id] = UploadSession(bucket, name, content_type, metadata,
-                                                      only_if_absent)
+                                                      only_if_absent, dict(hashes))
             return upload_id
 
     def put_chunk(self, upload_id: str, content_range: str | None, chunk: bytes,
@@ -386,7 +448,9 @@ class Store(FaultStore[Scenario]):
         return the bytes persisted so far, or the object once the last byte arrived.
 
         Raises:
-            ApiError: an unknown session, a malformed range, or a gap.
+            ApiError: an unknown (404) or expired (410) session, a malformed range, a gap,
+                or bytes whose hashes are not those the session started with (400; the
+                session ends and nothing is stored).
         """
         match = re.fullmatch(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)", content_range or "")
         if match is None:
@@ -400,6 +464,10 @@ class Store(FaultStore[Scenario]):
                 if done is not None:
                     return done
                 raise not_found("No such upload session", storage=True)
+            if self._scenario.expire_sessions > 0:
+                self._scenario.expire_sessions -= 1
+                del self._sessions[upload_id]
+                raise ApiError(410, "GONE", "The upload session has expired.", storage=True)
             if first is not None:
                 start, end = int(first), int(last)
                 if end - start + 1 != len(chunk) or start > len(session.received):
@@ -408,9 +476,13 @@ class Store(FaultStore[Scenario]):
                 if total != "*" and end + 1 < int(total) and len(chunk) % (256 << 10):
                     raise ApiError(400, "INVALID_ARGUMENT", "A chunk other than the last must "
                                    "be a multiple of 256 KiB", storage=True)
+                if self._scenario.partial_chunks > 0:
+                    self._scenario.partial_chunks -= 1
+                    chunk = chunk[:self._scenario.partial_chunk_bytes]
                 session.received[start:] = chunk
             if total != "*" and len(session.received) == int(total):
                 del self._sessions[upload_id]
+                _check_hashes(session.hashes, bytes(session.received))
                 self._finished[upload_id] = (session.bucket, session.name)
                 if session.only_if_absent and (session.bucket, session.name) in self._objects:
                     raise ApiError(412, "FAILED_PRECONDITION", "At least one of the "
@@ -564,6 +636,32 @@ class Store(FaultStore[Scenario]):
                                   "totalTokenCount": max(1, len(prompt) // 4)
                                   + max(1, len(text) // 4)},
                 "modelVersion": job.body["baseModel"], "responseId": secrets.token_hex(8)}
+
+
+def _bucket_resource(name: str) -> dict[str, Any]:
+    return {"kind": "storage#bucket", "id": name, "name": name, "storageClass": "STANDARD",
+            "location": "US", "metageneration": "1"}
+
+
+def md5_of(content: bytes) -> str:
+    """Base64 MD5, as ``md5Hash``."""
+    return base64.b64encode(hashlib.md5(content).digest()).decode()
+
+
+def crc32c_of(content: bytes) -> str:
+    """Base64 of the big-endian CRC32C, as ``crc32c``."""
+    return base64.b64encode(google_crc32c.value(content).to_bytes(4, "big")).decode()
+
+
+def _check_hashes(hashes: dict[str, str], content: bytes) -> None:
+    """Refuse content whose md5Hash or crc32c is not the one the client gave, as Cloud
+    Storage does (400, nothing stored)."""
+    for key, label, actual in (("md5Hash", "MD5 hash", md5_of), ("crc32c", "CRC32C",
+                                                                   crc32c_of)):
+        given = hashes.get(key)
+        if given is not None and given != actual(content):
+            raise ApiError(400, "INVALID_ARGUMENT", f'Provided {label} "{given}" doesn\'t '
+                           f'match calculated {label} "{actual(content)}".', storage=True)
 
 
 def _check_object_name(name: str) -> None:

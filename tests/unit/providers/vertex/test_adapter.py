@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings
 from orchestrator.errors import (
     MissingCredential,
@@ -21,10 +22,10 @@ from orchestrator.errors import (
     ProviderUnavailable,
     RateLimited,
 )
-from orchestrator.providers import registry
+from orchestrator.providers import http, registry
 from orchestrator.providers.base import JobRequest, RemoteStatus
 from orchestrator.providers.http import shared_client
-from orchestrator.providers.vertex import adapter, auth
+from orchestrator.providers.vertex import adapter, auth, gcs
 from orchestrator.providers.vertex.adapter import VertexClient
 from orchestrator.providers.vertex.emulator import Scenario
 from tests.helpers import Clock, in_process_emulator, service_account_file
@@ -61,6 +62,17 @@ def dataset(path: Path, lines: int) -> Path:
     return path
 
 
+def stored(settings: Settings, path: Path) -> str:
+    """Put a dataset in the blob store, as submit does; its hash."""
+    return BlobStore(settings.blob_dir).put_file(path)
+
+
+def media(emulator: TestClient, uri: str) -> bytes:
+    bucket, name = uri.removeprefix("gs://").split("/", 1)
+    return emulator.get(f"/google/storage/v1/b/{bucket}/o/{name.replace('/', '%2F')}",
+                        params={"alt": "media"}).content
+
+
 def stats(emulator: TestClient) -> dict[str, Any]:
     return dict(emulator.get("/google/_emulator/stats").json())
 
@@ -68,6 +80,23 @@ def stats(emulator: TestClient) -> dict[str, Any]:
 def scenario(emulator: TestClient, **knobs: Any) -> None:
     emulator.put("/google/_emulator/scenario", json=Scenario(**knobs).model_dump()
                  ).raise_for_status()
+
+
+def big(settings: Settings) -> VertexClient:
+    """A client that sends anything over 1000 bytes in resumable chunks of 256 KiB."""
+    return connect(settings.model_copy(update={"gcs_resumable_threshold_bytes": 1000,
+                                               "gcs_chunk_bytes": 256 << 10}))
+
+
+def multipart_upload(emulator: TestClient, uri: str, content: bytes, sha: str) -> None:
+    """Store an object the way tunectl did before it sent an MD5 (nothing is checked)."""
+    bucket, name = uri.removeprefix("gs://").split("/", 1)
+    metadata = json.dumps({"name": name, "metadata": {"tunectl-sha256": sha}})
+    body = (f"--b\r\ncontent-type: application/json\r\n\r\n{metadata}\r\n--b\r\n"
+            "content-type: application/jsonl\r\n\r\n").encode() + content + b"\r\n--b--\r\n"
+    emulator.post(f"/google/upload/storage/v1/b/{bucket}/o", params={"uploadType": "multipart"},
+                  content=body, headers={"content-type": "multipart/related; boundary=b"}
+                  ).raise_for_status()
 
 
 def request(job_id: str, training: str) -> JobRequest:
@@ -78,9 +107,10 @@ def request(job_id: str, training: str) -> JobRequest:
 
 class TestUploads:
     def test_a_small_dataset_goes_in_one_multipart_request_and_is_found_again(
-            self, vertex: VertexClient, emulator: TestClient, tmp_path: Path) -> None:
+            self, vertex: VertexClient, emulator: TestClient, tmp_path: Path,
+            settings: Settings) -> None:
         path = dataset(tmp_path / "d.jsonl", 3)
-        sha = "1" * 64
+        sha = stored(settings, path)
 
         assert vertex.find_file(sha) is None
         uploaded = vertex.upload_file(path, sha)
@@ -115,15 +145,117 @@ class TestUploads:
         assert content == path.read_bytes()
 
     def test_an_object_of_that_name_not_uploaded_by_tunectl_is_refused(
-            self, vertex: VertexClient, emulator: TestClient, tmp_path: Path) -> None:
-        sha = "4" * 64
+            self, vertex: VertexClient, emulator: TestClient, tmp_path: Path,
+            settings: Settings) -> None:
+        path = dataset(tmp_path / "d.jsonl", 2)
+        sha = stored(settings, path)
         emulator.post("/google/upload/storage/v1/b/tunectl-test-data/o",
                       params={"uploadType": "media", "name": f"tunectl/tunectl-{sha}.jsonl"},
                       content=b"planted").raise_for_status()
 
         assert vertex.find_file(sha) is None
         with pytest.raises(ProviderRejected, match="not uploaded by tunectl"):
-            vertex.upload_file(dataset(tmp_path / "d.jsonl", 2), sha)
+            vertex.upload_file(path, sha)
+
+    def test_a_copy_of_ours_that_differs_from_the_local_file_is_replaced(
+            self, vertex: VertexClient, emulator: TestClient, tmp_path: Path,
+            settings: Settings) -> None:
+        """An upload from before Cloud Storage checked the MD5 kept corrupted bytes."""
+        path = dataset(tmp_path / "d.jsonl", 4)
+        sha = stored(settings, path)
+        uri = f"gs://tunectl-test-data/tunectl/tunectl-{sha}.jsonl"
+        multipart_upload(emulator, uri, path.read_bytes()[:-5] + b"oops\n", sha)
+
+        assert vertex.find_file(sha) is None  # the step's look before uploading
+        uploaded = vertex.upload_file(path, sha)
+
+        assert uploaded.id == uri and media(emulator, uri) == path.read_bytes()
+        assert stats(emulator)["objects_deleted"] == 1
+        assert vertex.find_file(sha) == uploaded
+
+    @pytest.mark.parametrize("threshold", [pytest.param(1 << 20, id="multipart"),
+                                           pytest.param(1000, id="resumable")])
+    def test_bytes_changed_on_the_way_store_nothing_and_are_retried(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch, threshold: int) -> None:
+        vertex = connect(settings.model_copy(update={"gcs_resumable_threshold_bytes": threshold,
+                                                     "gcs_chunk_bytes": 256 << 10}))
+        path = dataset(tmp_path / "d.jsonl", 3000)
+        sha = stored(settings, path)
+        real = vertex.storage._send
+
+        def corrupting(operation: str, method: str, url: str, **kwargs: Any) -> Any:
+            if operation in ("upload file", "upload chunk"):
+                kwargs["content"] = kwargs["content"].replace(b"hello 7", b"HELLO 7")
+            return real(operation, method, url, **kwargs)
+
+        monkeypatch.setattr(vertex.storage, "_send", corrupting)
+        with pytest.raises(ProviderUnavailable, match="received other bytes"):
+            vertex.upload_file(path, sha)
+        assert vertex.find_file(sha) is None
+        monkeypatch.setattr(vertex.storage, "_send", real)
+
+        assert media(emulator, vertex.upload_file(path, sha).id) == path.read_bytes()
+
+    def test_a_resumable_upload_resumes_after_part_of_a_chunk_was_kept(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path) -> None:
+        vertex = big(settings)
+        path = dataset(tmp_path / "d.jsonl", 9000)
+        scenario(emulator, partial_chunks=2, partial_chunk_bytes=256 << 10)
+
+        uploaded = vertex.upload_file(path, stored(settings, path))
+
+        assert media(emulator, uploaded.id) == path.read_bytes()
+
+    def test_a_server_that_keeps_acknowledging_nothing_is_given_up_on(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path) -> None:
+        vertex = big(settings)
+        path = dataset(tmp_path / "d.jsonl", 9000)
+        scenario(emulator, partial_chunks=1000, partial_chunk_bytes=0)
+
+        with pytest.raises(ProviderUnavailable, match="acknowledged nothing new 10 times"):
+            vertex.upload_file(path, stored(settings, path))
+        assert stats(emulator)["requests"]["PUT /upload/storage/v1/b/{bucket}/o"] == 10
+
+    def test_the_upload_deadline_is_checked_on_every_round_trip(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """Status queries read nothing from the file, yet each one looks at the deadline."""
+        vertex = big(settings)
+        path = dataset(tmp_path / "d.jsonl", 9000)
+        scenario(emulator, server_errors={"count": 1000, "status": 503, "methods": ["PUT"],
+                                          "routes": "^/upload/"})
+        monkeypatch.setattr(gcs, "MAX_STALLS", 1000)
+        ticks = iter(range(0, 10**6, 100))
+        monkeypatch.setattr(http.time, "monotonic", lambda: float(next(ticks)))
+
+        with pytest.raises(ProviderUnavailable, match="did not finish within"):
+            vertex.upload_file(path, stored(settings, path))
+        assert stats(emulator)["server_errors"] < 20
+
+    @pytest.mark.parametrize("how", ["expired-410", "unknown-404"])
+    def test_a_lost_session_is_replaced_by_a_new_one(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+        vertex = big(settings)
+        path = dataset(tmp_path / "d.jsonl", 9000)
+        if how == "expired-410":
+            scenario(emulator, expire_sessions=1)
+        else:
+            real, lost = vertex.storage._send, []
+
+            def forgetful(operation: str, method: str, url: str, **kwargs: Any) -> Any:
+                if operation == "upload chunk" and not lost:
+                    lost.append(url)
+                    url = url.replace("upload_id=", "upload_id=forgotten")
+                return real(operation, method, url, **kwargs)
+
+            monkeypatch.setattr(vertex.storage, "_send", forgetful)
+
+        uploaded = vertex.upload_file(path, stored(settings, path))
+
+        assert media(emulator, uploaded.id) == path.read_bytes()
+        assert stats(emulator)["requests"]["POST /upload/storage/v1/b/{bucket}/o"] == 2
 
     def test_the_account_is_per_bucket_and_prefix(self, settings: Settings,
                                                   emulator: TestClient) -> None:
@@ -230,7 +362,7 @@ class TestAuth:
         vertex.find_job("job_x")
         clock.advance(3601)
         path = dataset(tmp_path / "d.jsonl", 5)
-        monkeypatch.setattr(vertex.storage, "find", lambda sha256: None)  # no GET first
+        monkeypatch.setattr(vertex.storage, "find", lambda sha256, local: None)  # no GET first
 
         uploaded = vertex.upload_file(path, "8" * 64)
 

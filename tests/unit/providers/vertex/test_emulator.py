@@ -4,6 +4,8 @@ filters and page tokens are strict, and the tuned endpoint lives in one region."
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -30,7 +32,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 def emu(clock: Clock) -> Iterator[TestClient]:
-    with TestClient(create_app(Scenario(job_duration_s=10), clock=clock.epoch)) as client:
+    with TestClient(create_app(Scenario(job_duration_s=10), clock=clock.epoch,
+                               buckets=["bkt"])) as client:
         client.post("/_emulator/service-accounts", json=service_account_key()
                     ).raise_for_status()
         yield client
@@ -155,6 +158,94 @@ class TestStorage:
 
         assert gap.status_code == 400
         assert status.status_code == 308 and "range" not in status.headers
+
+
+    @pytest.mark.parametrize("given", [
+        pytest.param({"md5Hash": base64.b64encode(hashlib.md5(b"other").digest()).decode()},
+                     id="md5"),
+        pytest.param({"crc32c": base64.b64encode(b"\0\0\0\0").decode()}, id="crc32c"),
+    ])
+    def test_bytes_that_are_not_the_hash_given_are_refused_and_nothing_stored(
+            self, emu: TestClient, given: dict[str, str]) -> None:
+        headers = bearer(emu)
+        boundary = "b0undary"
+        body = (f"--{boundary}\r\ncontent-type: application/json\r\n\r\n"
+                f"{json.dumps({'name': 'h.jsonl', **given})}\r\n--{boundary}\r\n"
+                f"content-type: application/jsonl\r\n\r\nsent\r\n--{boundary}--\r\n")
+        start = emu.post("/upload/storage/v1/b/bkt/o", headers=headers,
+                         params={"uploadType": "resumable"}, json={"name": "r.jsonl", **given})
+
+        multipart = emu.post("/upload/storage/v1/b/bkt/o", headers={
+            **headers, "content-type": f"multipart/related; boundary={boundary}"},
+            params={"uploadType": "multipart"}, content=body.encode())
+        resumable = emu.put(start.headers["location"], content=b"sent",
+                            headers={**headers, "content-range": "bytes 0-3/4"})
+
+        for reply in (multipart, resumable):
+            assert reply.status_code == 400 and "doesn't match calculated" in reply.text
+        for name in ("h.jsonl", "r.jsonl"):
+            assert emu.get(f"/storage/v1/b/bkt/o/{name}", headers=headers).status_code == 404
+
+    def test_an_object_carries_its_md5_and_crc32c(self, emu: TestClient) -> None:
+        import google_crc32c
+
+        headers = bearer(emu)
+        upload(emu, headers, "c.jsonl", [LINE])
+        content = (json.dumps(LINE) + "\n").encode()
+
+        meta = emu.get("/storage/v1/b/bkt/o/c.jsonl", headers=headers).json()
+
+        assert meta["md5Hash"] == base64.b64encode(hashlib.md5(content).digest()).decode()
+        assert base64.b64decode(meta["crc32c"]) == google_crc32c.value(content).to_bytes(4, "big")
+
+    def test_buckets_must_exist_and_can_be_created(self, emu: TestClient) -> None:
+        headers = bearer(emu)
+        media = {"uploadType": "media", "name": "x.jsonl"}
+
+        missing = emu.post("/upload/storage/v1/b/nope/o", headers=headers, params=media,
+                           content=b"x")
+        created = emu.post("/storage/v1/b", headers=headers, params={"project": "p-1"},
+                           json={"name": "nope"})
+        again = emu.post("/storage/v1/b", headers=headers, params={"project": "p-1"},
+                         json={"name": "nope"})
+        stored = emu.post("/upload/storage/v1/b/nope/o", headers=headers, params=media,
+                          content=b"x")
+
+        assert missing.status_code == 404 and "bucket does not exist" in missing.text
+        assert created.status_code == 200 and again.status_code == 409
+        assert stored.status_code == 200
+        assert emu.get("/storage/v1/b/nope", headers=headers).json()["name"] == "nope"
+
+    def test_a_delete_with_a_generation_deletes_only_that_one(self, emu: TestClient) -> None:
+        headers = bearer(emu)
+        upload(emu, headers, "g.jsonl", [LINE])
+        generation = emu.get("/storage/v1/b/bkt/o/g.jsonl", headers=headers).json()["generation"]
+
+        other = emu.delete("/storage/v1/b/bkt/o/g.jsonl", headers=headers,
+                           params={"ifGenerationMatch": str(int(generation) + 1)})
+        deleted = emu.delete("/storage/v1/b/bkt/o/g.jsonl", headers=headers,
+                             params={"ifGenerationMatch": generation})
+
+        assert other.status_code == 412 and deleted.status_code == 204
+        assert emu.get("/storage/v1/b/bkt/o/g.jsonl", headers=headers).status_code == 404
+
+    def test_a_session_can_keep_part_of_a_chunk_or_expire(self, emu: TestClient) -> None:
+        headers = bearer(emu)
+        emu.put("/_emulator/scenario", json=Scenario(
+            partial_chunks=1, partial_chunk_bytes=1, expire_sessions=0).model_dump())
+        start = emu.post("/upload/storage/v1/b/bkt/o", headers=headers,
+                         params={"uploadType": "resumable"}, json={"name": "p.jsonl"})
+        session = start.headers["location"]
+
+        partial = emu.put(session, content=b"abcd",
+                          headers={**headers, "content-range": "bytes 0-3/4"})
+        emu.put("/_emulator/scenario", json=Scenario(expire_sessions=1).model_dump())
+        expired = emu.put(session, content=b"bcd",
+                          headers={**headers, "content-range": "bytes 1-3/4"})
+        gone = emu.put(session, headers={**headers, "content-range": "bytes */4"})
+
+        assert partial.status_code == 308 and partial.headers["range"] == "bytes=0-0"
+        assert expired.status_code == 410 and gone.status_code == 404
 
 
 class TestTuningJobs:
