@@ -37,7 +37,7 @@ from orchestrator.db.models import Job, JobTransition
 from orchestrator.errors import ProviderError, UserError
 from orchestrator.notify.receiver import Received, Receiver
 from orchestrator.providers import registry
-from orchestrator.providers.base import Prompter
+from orchestrator.providers.base import Prompter, connect
 from orchestrator.providers.vertex.emulator import DEMO_BUCKET
 from orchestrator.specs import load_spec
 from orchestrator.states import TERMINAL
@@ -234,8 +234,8 @@ def _ask_tuned_models(console: Console, settings: Settings, jobs: list[Job]) -> 
             if job.state != "succeeded" or not model_ref:
                 continue
             try:
-                client = registry.get(job.provider).connect(
-                    settings, http, job.spec.get("provider_options"))
+                client = connect(registry.get(job.provider), settings, http,
+                                 job.spec.get("provider_options"))
             except UserError:  # the demo holds no key of its own for the other providers
                 continue
             if not isinstance(client, Prompter):

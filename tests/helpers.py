@@ -191,7 +191,7 @@ class Pump:
     def submit(self, spec: JobSpec, project: str = "default") -> Job:
         blobs = BlobStore(self.settings.blob_dir)
         return job_ops.submit(self.engine, blobs, spec, source="test", project=project,
-                              now=self.clock()).job
+                              now=self.clock(), settings=self.settings).job
 
     def scheduler(self) -> Scheduler:
         return Scheduler(self.settings, self.engine, self.dispatch, now=self.clock)
