@@ -39,14 +39,12 @@ from orchestrator.providers.emulation import (
     ServerErrors,
     Throttle,
 )
+from orchestrator.providers.vertex.translate import tunable
 
 #: Where the fault knobs apply unless a scenario says otherwise: Vertex and Cloud Storage.
 API_ROUTES = r"^/(v1|v1beta1|storage|upload|download)/"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-#: Base models the emulator tunes (as Vertex's supervised-tuning pages list them).
-TUNABLE = re.compile(r"^(gemini-2\.5-(pro|flash|flash-lite)(-\d{3})?|gemini-2\.0-flash"
-                     r"(-lite)?-001)$")
 ADAPTER_SIZES = ("ADAPTER_SIZE_UNSPECIFIED", "ADAPTER_SIZE_ONE", "ADAPTER_SIZE_TWO",
                  "ADAPTER_SIZE_FOUR", "ADAPTER_SIZE_EIGHT", "ADAPTER_SIZE_SIXTEEN",
                  "ADAPTER_SIZE_THIRTY_TWO")
@@ -122,6 +120,9 @@ class Scenario(FaultScenario):
     partial_chunk_bytes: int = Field(0, ge=0)
     #: The next N resumable chunk requests find their session expired: 410, and it is gone.
     expire_sessions: int = Field(0, ge=0)
+    #: A list with a filter is refused (400 INVALID_ARGUMENT), as a server that does not
+    #: support filtering on labels would.
+    refuse_filters: bool = False
     throttle: Throttle = Field(default_factory=lambda: Throttle(routes=API_ROUTES))
     server_errors: ServerErrors = Field(default_factory=lambda: ServerErrors(routes=API_ROUTES))
     latency: Latency = Field(default_factory=lambda: Latency(routes=API_ROUTES))
@@ -512,7 +513,7 @@ class Store(FaultStore[Scenario]):
                 that is not in the bucket.
         """
         base = body.get("baseModel")
-        if not isinstance(base, str) or not TUNABLE.match(base):
+        if not isinstance(base, str) or not tunable(base):
             raise invalid(f"Base model {base!r} is not supported for tuning.")
         spec = body.get("supervisedTuningSpec")
         if not isinstance(spec, dict) or not isinstance(spec.get("trainingDatasetUri"), str):
@@ -569,6 +570,8 @@ class Store(FaultStore[Scenario]):
     def list_jobs(self, project: str, location: str, filter_: str | None, page_size: int,
                   page_token: str | None) -> dict[str, Any]:
         """One page of the location's jobs, newest first, matching a label filter."""
+        if filter_ and self.scenario().refuse_filters:
+            raise invalid(f"Unsupported filter: {filter_}")
         wanted = _parse_filter(filter_)
         offset = _offset(page_token, filter_)
         size = DEFAULT_PAGE if page_size <= 0 else min(page_size, MAX_PAGE)

@@ -10,6 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import google.oauth2.credentials
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,7 +24,7 @@ from orchestrator.errors import (
     ProviderUnavailable,
     RateLimited,
 )
-from orchestrator.providers import http, registry
+from orchestrator.providers import base, http, registry
 from orchestrator.providers.base import JobRequest, RemoteStatus
 from orchestrator.providers.http import shared_client
 from orchestrator.providers.vertex import adapter, auth, gcs
@@ -47,7 +49,7 @@ def emulator(clock: Clock) -> Iterator[TestClient]:
 
 
 def connect(settings: Settings, **options: str) -> VertexClient:
-    client = registry.get("vertex").connect(settings, shared_client(settings), options)
+    client = base.connect(registry.get("vertex"), settings, shared_client(settings), options)
     assert isinstance(client, VertexClient)
     return client
 
@@ -445,3 +447,72 @@ def test_a_resumable_session_on_another_host_gets_no_token(
 
     with pytest.raises(ProviderUnavailable, match="not on the Cloud Storage host"):
         vertex.upload_file(dataset(tmp_path / "d.jsonl", 3), "9" * 64)
+
+
+class TestWhereCallsGo:
+    """Google's real hosts (no base URL override), seen through a recording transport."""
+
+    @pytest.fixture
+    def seen(self) -> list[httpx.Request]:
+        return []
+
+    @pytest.fixture
+    def google(self, seen: list[httpx.Request], tmp_path: Path) -> VertexClient:
+        def answer(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            if request.url.path.endswith(":generateContent"):
+                return httpx.Response(200, json={"candidates": [{"content": {"parts": [
+                    {"text": "hi"}]}}]})
+            return httpx.Response(200, json={"name": request.url.path.removeprefix("/v1/")
+                                             .removesuffix(":cancel"),
+                                             "state": "JOB_STATE_RUNNING"})
+
+        creds = google.oauth2.credentials.Credentials(token="ya29.test")
+        storage = {"base_url": "https://storage.googleapis.com", "bucket": "b-1",
+                   "prefix": "", "resumable_threshold": 1, "chunk_bytes": 256 << 10,
+                   "deadline_s": 60.0}
+        return VertexClient(httpx.Client(transport=httpx.MockTransport(answer)),
+                            auth.GoogleAuth(creds, None), project="proj-1234",
+                            location="us-central1", base_url=None, storage=storage,
+                            local=lambda sha: tmp_path / sha)
+
+    def test_a_job_is_asked_about_at_its_own_location_not_the_configured_one(
+            self, google: VertexClient, seen: list[httpx.Request]) -> None:
+        name = "projects/proj-1234/locations/europe-west4/tuningJobs/42"
+
+        google.get_job(name)
+        google.cancel_job(name)
+        google.list_events(name)
+
+        assert {r.url.host for r in seen} == {"europe-west4-aiplatform.googleapis.com"}
+
+    def test_the_tuned_endpoint_is_called_where_its_name_says(
+            self, google: VertexClient, seen: list[httpx.Request]) -> None:
+        ref = {"endpoint": "projects/proj-1234/locations/asia-east1/endpoints/7",
+               "vertex_location": "evil.example#"}
+
+        assert google.ask(ref, "hello") == "hi"
+        assert seen[0].url.host == "asia-east1-aiplatform.googleapis.com"
+
+    @pytest.mark.parametrize("endpoint", [
+        "projects/proj-1234/locations/evil.example#/endpoints/7",
+        "projects/proj-1234/locations/evil.example/x/endpoints/7", ""])
+    def test_an_endpoint_that_would_name_another_host_is_never_called(
+            self, google: VertexClient, seen: list[httpx.Request], endpoint: str) -> None:
+        """The bearer token would go with it."""
+        with pytest.raises(ProviderRejected, match="not an endpoint name"):
+            google.ask({"endpoint": endpoint, "vertex_location": "us-central1"}, "hello")
+        assert seen == []
+
+
+def test_a_server_that_refuses_the_label_filter_is_searched_page_by_page(
+        vertex: VertexClient, emulator: TestClient, tmp_path: Path, settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = dataset(tmp_path / "d.jsonl", 2)
+    uri = vertex.upload_file(path, stored(settings, path)).id
+    created = [vertex.create_job(request(f"job_{i}", uri)) for i in range(3)]
+    scenario(emulator, refuse_filters=True)
+    monkeypatch.setattr(adapter, "PAGE_SIZE", 1)
+
+    assert vertex.find_job("job_0") == created[0]
+    assert vertex.find_job("job_9") is None
