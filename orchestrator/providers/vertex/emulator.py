@@ -58,7 +58,9 @@ from orchestrator.providers.vertex.emulator_state import (
 
 __all__ = ["Scenario", "create_app", "mount", "serve"]
 
-API_PREFIXES = ("/v1/", "/v1beta1/", "/storage/", "/upload/", "/download/")
+API_PREFIXES = ("/v1/", "/v1beta1/", "/storage/", "/upload/", "/download/", "/token")
+#: Under the fault and latency knobs, but reached without an access token.
+PUBLIC = ("/token",)
 VERSIONS = ("v1", "v1beta1")
 _LOCATION = re.compile(r"^(global|us|eu|[a-z]+(-[a-z]+)+[0-9]+)$")
 SERVER_ERRORS = {500: ("INTERNAL", "Internal error encountered."),
@@ -443,7 +445,7 @@ def create_app(
         ApiError: _api_error, StarletteHTTPException: _http_error,
         RequestValidationError: _validation_error, Exception: _server_error,
     }, refusals=GoogleRefusals(store), api_key=api_key, api_prefix=API_PREFIXES,
-        accepts=store.token_valid)
+        accepts=store.token_valid, public=PUBLIC)
 
 
 #: Where `tunectl emulator` mounts this emulator.

@@ -52,6 +52,17 @@ ADAPTER_SIZES = ("ADAPTER_SIZE_UNSPECIFIED", "ADAPTER_SIZE_ONE", "ADAPTER_SIZE_T
 PENDING_SHARE, CANCEL_SHARE = 0.1, 0.1
 LIVE = frozenset({"JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"})
 MAX_PAGE, DEFAULT_PAGE = 100, 50
+#: The fields of TuningJob, SupervisedTuningSpec and SupervisedHyperParameters in the v1
+#: API (tuning_job.proto); any other name in a request is refused.
+TUNING_JOB_FIELDS = frozenset({
+    "baseModel", "preTunedModel", "supervisedTuningSpec", "name", "tunedModelDisplayName",
+    "description", "state", "createTime", "startTime", "endTime", "updateTime", "error",
+    "labels", "experiment", "tunedModel", "tuningDataStats", "encryptionSpec",
+    "serviceAccount", "evaluateDatasetRuns"})
+SUPERVISED_TUNING_SPEC_FIELDS = frozenset({
+    "trainingDatasetUri", "validationDatasetUri", "hyperParameters",
+    "exportLastCheckpointOnly", "evaluationConfig"})
+HYPER_PARAMETER_FIELDS = frozenset({"epochCount", "learningRateMultiplier", "adapterSize"})
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]")
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -509,15 +520,24 @@ class Store(FaultStore[Scenario]):
         """Create a tuning job from a TuningJob body (it starts JOB_STATE_PENDING).
 
         Raises:
-            ApiError: a missing or invalid field, a model Vertex does not tune, or a dataset
-                that is not in the bucket.
+            ApiError: an unknown, missing or invalid field, a model Vertex does not tune, or
+                a dataset that is not in the bucket.
         """
+        body = _known(body, TUNING_JOB_FIELDS, "tuning_job")
         base = body.get("baseModel")
         if not isinstance(base, str) or not tunable(base):
             raise invalid(f"Base model {base!r} is not supported for tuning.")
         spec = body.get("supervisedTuningSpec")
-        if not isinstance(spec, dict) or not isinstance(spec.get("trainingDatasetUri"), str):
+        if not isinstance(spec, dict):
             raise invalid("supervisedTuningSpec.trainingDatasetUri is required.")
+        spec = body["supervisedTuningSpec"] = _known(
+            spec, SUPERVISED_TUNING_SPEC_FIELDS, "tuning_job.supervised_tuning_spec")
+        if not isinstance(spec.get("trainingDatasetUri"), str):
+            raise invalid("supervisedTuningSpec.trainingDatasetUri is required.")
+        if isinstance(spec.get("hyperParameters"), dict):
+            spec["hyperParameters"] = _known(
+                spec["hyperParameters"], HYPER_PARAMETER_FIELDS,
+                "tuning_job.supervised_tuning_spec.hyper_parameters")
         _check_hyperparameters(spec.get("hyperParameters"))
         labels = body.get("labels") or {}
         if not isinstance(labels, dict) or len(labels) > 64 or not all(
@@ -673,14 +693,24 @@ def _check_object_name(name: str) -> None:
                        "newlines", storage=True)
 
 
+def _known(message: dict[str, Any], fields: frozenset[str], where: str) -> dict[str, Any]:
+    """``message`` with its field names in camelCase (proto3 JSON takes both spellings),
+    refusing a name the message does not have, in Google's words."""
+    known = {}
+    for key, value in message.items():
+        name = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), str(key))
+        if name not in fields:
+            raise invalid(f'Invalid JSON payload received. Unknown name "{key}" at '
+                          f"'{where}': Cannot find field.")
+        known[name] = value
+    return known
+
+
 def _check_hyperparameters(hyper: Any) -> None:
     if hyper is None:
         return
     if not isinstance(hyper, dict):
         raise invalid("hyperParameters must be an object")
-    unknown = set(hyper) - {"epochCount", "learningRateMultiplier", "adapterSize"}
-    if unknown:
-        raise invalid(f"Unknown field(s) in hyperParameters: {', '.join(sorted(unknown))}")
     epochs = hyper.get("epochCount")
     if epochs is not None:  # int64: a JSON string, or a number
         try:

@@ -516,3 +516,19 @@ def test_a_server_that_refuses_the_label_filter_is_searched_page_by_page(
 
     assert vertex.find_job("job_0") == created[0]
     assert vertex.find_job("job_9") is None
+
+
+def test_a_token_endpoint_that_fails_once_is_retried_and_one_that_keeps_failing_is_retryable(
+        vertex: VertexClient, emulator: TestClient, settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import google.auth._exponential_backoff as backoff
+
+    monkeypatch.setattr(backoff.time, "sleep", lambda seconds: None)  # google-auth's backoff
+    scenario(emulator, server_errors={"count": 1, "status": 503, "routes": "^/token"})
+    assert vertex.find_job("job_x") is None  # google-auth asks the token endpoint again
+    auth.forget()
+    again = connect(settings)
+    scenario(emulator, server_errors={"count": 100, "status": 503, "routes": "^/token"})
+
+    with pytest.raises(ProviderUnavailable, match="Google refused the credentials"):
+        again.find_job("job_x")

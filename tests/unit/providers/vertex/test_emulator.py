@@ -111,6 +111,17 @@ class TestTokens:
         assert emu.get(JOBS, headers={"authorization": f"Bearer {creds.token}"}
                        ).status_code == 200
 
+    def test_the_token_endpoint_is_under_the_fault_and_latency_knobs(
+            self, emu: TestClient) -> None:
+        emu.put("/_emulator/scenario", json=Scenario(
+            server_errors={"count": 1, "status": 503, "routes": "^/token"},
+            throttle={"count": 1, "routes": "^/token"}).model_dump())
+
+        first, second, third = token(emu), token(emu), token(emu)
+
+        assert (first.status_code, second.status_code, third.status_code) == (429, 503, 200)
+        assert first.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+
     def test_api_calls_need_an_unexpired_issued_token(self, emu: TestClient,
                                                       clock: Clock) -> None:
         headers = bearer(emu)
@@ -296,6 +307,44 @@ class TestTuningJobs:
         assert reply.status_code == 400
         assert reply.json()["error"]["status"] == "INVALID_ARGUMENT"
         assert words in reply.json()["error"]["message"]
+
+    @pytest.mark.parametrize(("body", "where"), [
+        pytest.param({"tunedModelName": "x"}, "'tuning_job'", id="top-level"),
+        pytest.param({"supervisedTuningSpec": {"trainingDatasetUri": "gs://bkt/t.jsonl",
+                                               "epochs": 3}},
+                     "'tuning_job.supervised_tuning_spec'", id="in-the-spec"),
+        pytest.param({"supervisedTuningSpec": {"trainingDatasetUri": "gs://bkt/t.jsonl",
+                                               "hyperParameters": {"epoch_count": 1,
+                                                                   "batchSize": 8}}},
+                     "'tuning_job.supervised_tuning_spec.hyper_parameters'",
+                     id="in-hyperparameters"),
+    ])
+    def test_an_unknown_field_is_an_unknown_name(self, emu: TestClient, body: dict[str, Any],
+                                                 where: str) -> None:
+        headers = bearer(emu)
+        upload(emu, headers, "t.jsonl", [LINE])
+
+        reply = emu.post(JOBS, headers=headers, json={
+            "baseModel": "gemini-2.5-flash",
+            "supervisedTuningSpec": {"trainingDatasetUri": "gs://bkt/t.jsonl"}, **body})
+
+        assert reply.status_code == 400
+        assert reply.json()["error"]["message"].startswith("Invalid JSON payload received. "
+                                                           "Unknown name")
+        assert where in reply.json()["error"]["message"]
+
+    def test_snake_case_field_names_are_read_like_camel_case(self, emu: TestClient) -> None:
+        """proto3 JSON takes both spellings."""
+        headers = bearer(emu)
+        upload(emu, headers, "t.jsonl", [LINE])
+
+        reply = emu.post(JOBS, headers=headers, json={
+            "base_model": "gemini-2.5-flash", "supervised_tuning_spec": {
+                "training_dataset_uri": "gs://bkt/t.jsonl",
+                "hyper_parameters": {"epoch_count": "2"}}})
+
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["supervisedTuningSpec"]["hyperParameters"]["epochCount"] == "2"
 
     def test_lists_filter_by_label_and_page_with_tokens(self, emu: TestClient) -> None:
         headers = bearer(emu)
