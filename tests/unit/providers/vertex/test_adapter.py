@@ -5,6 +5,7 @@ service-account flow with tokens refreshed before expiry and after a 401."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ import google.oauth2.credentials
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from google.auth import identity_pool, impersonated_credentials
 
 from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings
@@ -99,6 +101,21 @@ def multipart_upload(emulator: TestClient, uri: str, content: bytes, sha: str) -
     emulator.post(f"/google/upload/storage/v1/b/{bucket}/o", params={"uploadType": "multipart"},
                   content=body, headers={"content-type": "multipart/related; boundary=b"}
                   ).raise_for_status()
+
+
+#: Workload Identity Federation and impersonation files as gcloud writes them.
+EXTERNAL: dict[str, Any] = {
+    "type": "external_account",
+    "audience": "//iam.googleapis.com/locations/global/workforcePools/pool/providers/oidc",
+    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+    "token_url": "https://sts.googleapis.com/v1/token"}
+IMPERSONATED: dict[str, Any] = {
+    "type": "impersonated_service_account",
+    "service_account_impersonation_url": "https://iamcredentials.googleapis.com/v1/projects/"
+                                         "-/serviceAccounts/tuner@proj-1234.iam."
+                                         "gserviceaccount.com:generateAccessToken",
+    "source_credentials": {"type": "authorized_user", "client_id": "id",
+                           "client_secret": "secret", "refresh_token": "refresh"}}
 
 
 def request(job_id: str, training: str) -> JobRequest:
@@ -384,10 +401,17 @@ class TestAuth:
             vertex.find_job("job_x")
 
     @pytest.mark.parametrize(("content", "words"), [
-        pytest.param("{not json", "not a readable JSON key file", id="not-json"),
-        pytest.param('{"type": "external_account"}', "not 'external_account'",
-                     id="external-account-runs-commands"),
+        pytest.param("{not json", "not a readable JSON credentials file", id="not-json"),
+        pytest.param(json.dumps({**EXTERNAL, "credential_source": {
+            "executable": {"command": "/usr/bin/fetch-token"}}}), "would run a command",
+            id="external-account-that-runs-a-command"),
+        pytest.param(json.dumps({**IMPERSONATED, "source_credentials": {
+            **EXTERNAL, "credential_source": {"executable": {"command": "x"}}}}),
+            "would run a command", id="impersonation-whose-source-runs-a-command"),
+        pytest.param('{"type": "gdch_service_account"}', "not 'gdch_service_account'",
+                     id="another-kind"),
         pytest.param('{"type": "service_account"}', "incomplete", id="incomplete"),
+        pytest.param('{"type": "external_account"}', "incomplete", id="incomplete-external"),
     ])
     def test_a_bad_key_file_is_one_clear_line(self, settings: Settings, emulator: TestClient,
                                               tmp_path: Path, content: str, words: str) -> None:
@@ -398,6 +422,42 @@ class TestAuth:
             connect(settings.model_copy(update={"google_application_credentials": bad}))
         assert "GOOGLE_APPLICATION_CREDENTIALS=" in str(caught.value)
         assert "\n" not in str(caught.value)
+
+    @pytest.mark.parametrize(("info", "kind"), [
+        pytest.param(lambda tmp: {**EXTERNAL, "credential_source": {
+            "file": str(tmp / "oidc-token")}}, identity_pool.Credentials,
+            id="workload-identity-federation"),
+        pytest.param(lambda tmp: IMPERSONATED, impersonated_credentials.Credentials,
+                     id="impersonated-service-account"),
+    ])
+    def test_federated_and_impersonated_credentials_are_taken(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path,
+            info: Any, kind: type) -> None:
+        path = tmp_path / "creds.json"
+        path.write_text(json.dumps(info(tmp_path)))
+
+        vertex = connect(settings.model_copy(update={"google_application_credentials": path,
+                                                     "vertex_project": "proj-1234"}))
+
+        assert vertex.project == "proj-1234"
+        assert isinstance(auth.credentials(path, auth.HttpxRequest(shared_client(settings)))
+                          .credentials, kind)
+
+    def test_application_default_credentials_are_read_again_when_the_file_changes(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """`gcloud auth application-default login` again, as another account."""
+        gcloud = tmp_path / "gcloud"
+        gcloud.mkdir()
+        adc = service_account_file(gcloud / "application_default_credentials.json")
+        monkeypatch.setenv("CLOUDSDK_CONFIG", str(gcloud))
+        no_key = settings.model_copy(update={"google_application_credentials": None})
+        first = connect(no_key)
+        key = json.loads(adc.read_text())
+        adc.write_text(json.dumps({**key, "project_id": "proj-other"}))
+        os.utime(adc, ns=(adc.stat().st_atime_ns, adc.stat().st_mtime_ns + 10**9))
+
+        assert first.project == "tunectl-test" and connect(no_key).project == "proj-other"
 
     def test_application_default_credentials_come_from_gcloud_s_file(
             self, settings: Settings, emulator: TestClient, tmp_path: Path,
