@@ -1,10 +1,10 @@
 """Google credentials for Vertex AI and Cloud Storage, through google-auth.
 
 Credentials come from a file (``GOOGLE_APPLICATION_CREDENTIALS``, else gcloud's application
-default credentials file), loaded by ``google.auth.load_credentials_from_file``: a
-service-account key, an authorized user, Workload Identity Federation (``external_account``)
-or an impersonated service account; a configuration whose credential source is an
-executable is refused, as it would run a command on every worker. Without a file, the
+default credentials file), loaded with google-auth's loader for its type: a service-account
+key, an authorized user, Workload Identity Federation (``external_account``) or an
+impersonated service account; a configuration whose credential source is an executable is
+refused, as it would run a command on every worker. Without a file, the
 metadata server's (on Google Cloud). google-auth makes every token call through
 ``HttpxRequest``, the process's httpx client. Credentials are cached per process and file
 version; tokens are refreshed before they expire, and a 401 (a token revoked or expired
