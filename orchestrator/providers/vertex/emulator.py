@@ -4,6 +4,8 @@ benchmarks.
 `create_app()` serves, at one root (`tunectl emulator` mounts it under /google):
 
     POST /token                                   OAuth 2 token endpoint (jwt-bearer grant)
+    POST /sts/v1/token                            STS token exchange (workload identity)
+    POST /iamcredentials/v1/projects/-/serviceAccounts/{email}:generateAccessToken
     POST /storage/v1/b?project=…                  create a bucket (GET …/b/{bucket}: read it)
     GET  /storage/v1/b/{bucket}/o/{object}        object metadata (``alt=media``: its bytes)
     DELETE /storage/v1/b/{bucket}/o/{object}      delete it (``ifGenerationMatch``)
@@ -58,9 +60,10 @@ from orchestrator.providers.vertex.emulator_state import (
 
 __all__ = ["Scenario", "create_app", "mount", "serve"]
 
-API_PREFIXES = ("/v1/", "/v1beta1/", "/storage/", "/upload/", "/download/", "/token")
+API_PREFIXES = ("/v1/", "/v1beta1/", "/storage/", "/upload/", "/download/", "/token",
+                "/sts/", "/iamcredentials/")
 #: Under the fault and latency knobs, but reached without an access token.
-PUBLIC = ("/token",)
+PUBLIC = ("/token", "/sts/")
 VERSIONS = ("v1", "v1beta1")
 _LOCATION = re.compile(r"^(global|us|eu|[a-z]+(-[a-z]+)+[0-9]+)$")
 SERVER_ERRORS = {500: ("INTERNAL", "Internal error encountered."),
@@ -101,6 +104,22 @@ def token(store: StoreDep, grant_type: Annotated[str | None, Form()] = None,
     except OAuthError as exc:
         return JSONResponse({"error": exc.error, "error_description": exc.description},
                             status_code=400)
+
+
+async def sts_token(request: Request, store: StoreDep) -> Any:
+    """Security Token Service: an access token for a federated subject token."""
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    try:
+        return store.exchange(form)
+    except OAuthError as exc:
+        return JSONResponse({"error": exc.error, "error_description": exc.description},
+                            status_code=400)
+
+
+def generate_access_token(store: StoreDep, project: str, email: str,
+                          body: JsonBody) -> dict[str, Any]:
+    """IAM Credentials: a token for the service account ``email`` (impersonation)."""
+    return store.impersonate(email, _object(body))
 
 
 class ServiceAccountKey(BaseModel):
@@ -339,6 +358,9 @@ def generate_content(store: StoreDep, version: str, project: str, location: str,
 _JOBS = "/{version}/projects/{project}/locations/{location}/tuningJobs"
 ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("POST", "/token", token),
+    ("POST", "/sts/v1/token", sts_token),
+    ("POST", "/iamcredentials/v1/projects/{project}/serviceAccounts/{email}"
+             ":generateAccessToken", generate_access_token),
     ("POST", "/_emulator/service-accounts", add_service_account),
     ("POST", "/_emulator/service-accounts/keys", new_service_account_key),
     ("POST", "/storage/v1/b", create_bucket),

@@ -44,7 +44,11 @@ from orchestrator.providers.vertex.translate import tunable
 #: Where the fault knobs apply unless a scenario says otherwise: Vertex and Cloud Storage.
 API_ROUTES = r"^/(v1|v1beta1|storage|upload|download)/"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+#: The scope a source account's token has for impersonating another (tokens are not bound
+#: to their scopes here: either kind may call every API).
+IAM = "https://www.googleapis.com/auth/iam"
 ADAPTER_SIZES = ("ADAPTER_SIZE_UNSPECIFIED", "ADAPTER_SIZE_ONE", "ADAPTER_SIZE_TWO",
                  "ADAPTER_SIZE_FOUR", "ADAPTER_SIZE_EIGHT", "ADAPTER_SIZE_SIXTEEN",
                  "ADAPTER_SIZE_THIRTY_TWO")
@@ -346,15 +350,55 @@ class Store(FaultStore[Scenario]):
                 raise OAuthError("invalid_grant", f"Invalid JWT: {exc}") from None
             scopes = str(claims.get("scope", "")).split()
             if claims.get("iss") != email or not str(claims.get("aud", "")).endswith("/token") \
-                    or CLOUD_PLATFORM not in scopes:
+                    or not {CLOUD_PLATFORM, IAM} & set(scopes):
                 self._counts["token_refusals"] += 1
                 raise OAuthError("invalid_grant", "Invalid JWT: iss, aud or scope is wrong "
-                                 f"(scope must include {CLOUD_PLATFORM})")
-            lifetime = self._scenario.token_lifetime_s
-            token = f"ya29.emulator-{secrets.token_urlsafe(24)}"
-            self._tokens[token] = (email, self._clock() + lifetime)
-            self._counts["tokens_issued"] += 1
+                                 f"(scope must include {CLOUD_PLATFORM} or {IAM})")
+            token, lifetime, _ = self._issue(email)
             return {"access_token": token, "expires_in": int(lifetime), "token_type": "Bearer"}
+
+    def exchange(self, form: dict[str, str]) -> dict[str, Any]:
+        """An STS token exchange (Workload Identity Federation): an access token for a
+        subject token presented for a workload or workforce pool provider. The emulator has
+        no identity provider, so any non-empty subject token is taken.
+
+        Raises:
+            OAuthError: another grant, no subject token, another audience or scope.
+        """
+        if form.get("grant_type") != TOKEN_EXCHANGE:
+            raise OAuthError("unsupported_grant_type",
+                             f"Invalid grant_type: {form.get('grant_type')}")
+        audience = form.get("audience", "")
+        if not form.get("subject_token") or not audience.startswith("//iam.googleapis.com/"):
+            raise OAuthError("invalid_request", "A subject_token and a workload or workforce "
+                             "pool provider audience are required.")
+        if not {CLOUD_PLATFORM, IAM} & set(form.get("scope", "").split()):
+            raise OAuthError("invalid_scope", f"The scope must include {CLOUD_PLATFORM} or "
+                             f"{IAM}")
+        with self._lock:
+            token, lifetime, _ = self._issue(f"principal:{audience}", "sts_exchanges")
+        return {"access_token": token, "expires_in": int(lifetime), "token_type": "Bearer",
+                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+
+    def impersonate(self, email: str, body: dict[str, Any]) -> dict[str, Any]:
+        """IAM Credentials' generateAccessToken: a token for ``email`` (the caller's own
+        token was checked by the middleware)."""
+        scopes = body.get("scope")
+        if not isinstance(scopes, list) or CLOUD_PLATFORM not in scopes:
+            raise invalid(f"scope must include {CLOUD_PLATFORM}")
+        with self._lock:
+            token, _, expires = self._issue(email, "impersonations")
+        return {"accessToken": token,
+                "expireTime": datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+    def _issue(self, who: str, counter: str = "tokens_issued") -> tuple[str, float, float]:
+        """A new access token for ``who``: (token, lifetime, expiry); the caller holds the
+        lock."""
+        lifetime = self._scenario.token_lifetime_s
+        token = f"ya29.emulator-{secrets.token_urlsafe(24)}"
+        expires = self._tokens[token] = (who, self._clock() + lifetime)
+        self._counts[counter] += 1
+        return token, lifetime, expires[1]
 
     def token_valid(self, token: str) -> bool:
         """Whether ``token`` was issued here and has not expired (by the clock)."""

@@ -32,7 +32,7 @@ from orchestrator.providers.http import shared_client
 from orchestrator.providers.vertex import adapter, auth, gcs
 from orchestrator.providers.vertex.adapter import VertexClient
 from orchestrator.providers.vertex.emulator import Scenario
-from tests.helpers import Clock, in_process_emulator, service_account_file
+from tests.helpers import GOOGLE_BASE, Clock, in_process_emulator, service_account_file
 
 GEMINI_LINE = ('{"contents": [{"role": "user", "parts": [{"text": "hi %d"}]}, '
                '{"role": "model", "parts": [{"text": "hello %d"}]}]}\n')
@@ -116,6 +116,10 @@ IMPERSONATED: dict[str, Any] = {
                                          "gserviceaccount.com:generateAccessToken",
     "source_credentials": {"type": "authorized_user", "client_id": "id",
                            "client_secret": "secret", "refresh_token": "refresh"}}
+
+
+IMPERSONATION_URL = (f"{GOOGLE_BASE}/iamcredentials/v1/projects/-/serviceAccounts/"
+                     "tuner@proj-1234.iam.gserviceaccount.com:generateAccessToken")
 
 
 def request(job_id: str, training: str) -> JobRequest:
@@ -423,25 +427,57 @@ class TestAuth:
         assert "GOOGLE_APPLICATION_CREDENTIALS=" in str(caught.value)
         assert "\n" not in str(caught.value)
 
-    @pytest.mark.parametrize(("info", "kind"), [
-        pytest.param(lambda tmp: {**EXTERNAL, "credential_source": {
-            "file": str(tmp / "oidc-token")}}, identity_pool.Credentials,
-            id="workload-identity-federation"),
-        pytest.param(lambda tmp: IMPERSONATED, impersonated_credentials.Credentials,
-                     id="impersonated-service-account"),
-    ])
-    def test_federated_and_impersonated_credentials_are_taken(
+    @pytest.mark.parametrize("impersonate", [pytest.param(False, id="the-sts-token"),
+                                             pytest.param(True, id="then-impersonating")])
+    def test_workload_identity_federation_gets_its_tokens_from_sts(
             self, settings: Settings, emulator: TestClient, tmp_path: Path,
-            info: Any, kind: type) -> None:
-        path = tmp_path / "creds.json"
-        path.write_text(json.dumps(info(tmp_path)))
+            impersonate: bool) -> None:
+        """google-auth exchanges the file's subject token at STS (and, with an impersonation
+        URL, that token for the service account's at IAM Credentials)."""
+        (tmp_path / "oidc-token").write_text("eyJhbGciOi.subject.token")
+        info: dict[str, Any] = {**EXTERNAL, "token_url": f"{GOOGLE_BASE}/sts/v1/token",
+                                "credential_source": {"file": str(tmp_path / "oidc-token")}}
+        if impersonate:
+            info["service_account_impersonation_url"] = IMPERSONATION_URL
+        path = tmp_path / "federation.json"
+        path.write_text(json.dumps(info))
 
         vertex = connect(settings.model_copy(update={"google_application_credentials": path,
                                                      "vertex_project": "proj-1234"}))
 
-        assert vertex.project == "proj-1234"
+        assert vertex.find_job("job_x") is None
+        counted = stats(emulator)
+        assert counted["sts_exchanges"] == 1
+        assert counted.get("impersonations", 0) == int(impersonate)
         assert isinstance(auth.credentials(path, auth.HttpxRequest(shared_client(settings)))
-                          .credentials, kind)
+                          .credentials, identity_pool.Credentials)
+
+    def test_an_impersonated_service_account_gets_its_tokens_from_iam_credentials(
+            self, settings: Settings, emulator: TestClient, tmp_path: Path) -> None:
+        """Such a file names only the account: google-auth calls Google's IAM Credentials
+        host, which this test's transport sends to the emulator."""
+        key = json.loads(Path(str(settings.google_application_credentials)).read_text())
+        path = tmp_path / "impersonated.json"
+        path.write_text(json.dumps({**IMPERSONATED, "source_credentials": key}))
+
+        def to_emulator(request: httpx.Request) -> httpx.Response:
+            url = request.url
+            if url.host == "iamcredentials.googleapis.com":
+                url = httpx.URL(f"{GOOGLE_BASE}/iamcredentials{url.path}")
+            answer = emulator.request(request.method, str(url), headers=request.headers,
+                                      content=request.content)
+            return httpx.Response(answer.status_code, headers=answer.headers,
+                                  content=answer.content)
+
+        with httpx.Client(transport=httpx.MockTransport(to_emulator)) as http:
+            vertex = base.connect(registry.get("vertex"), settings.model_copy(update={
+                "google_application_credentials": path, "vertex_project": "proj-1234"}), http)
+
+            assert vertex.find_job("job_x") is None
+        counted = stats(emulator)
+        assert counted["tokens_issued"] == 1 and counted["impersonations"] == 1
+        assert isinstance(auth.credentials(path, auth.HttpxRequest(shared_client(settings)))
+                          .credentials, impersonated_credentials.Credentials)
 
     def test_application_default_credentials_are_read_again_when_the_file_changes(
             self, settings: Settings, emulator: TestClient, tmp_path: Path,

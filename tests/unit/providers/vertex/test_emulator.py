@@ -111,6 +111,31 @@ class TestTokens:
         assert emu.get(JOBS, headers={"authorization": f"Bearer {creds.token}"}
                        ).status_code == 200
 
+    def test_sts_exchanges_a_subject_token_for_a_pool_and_iam_impersonates(
+            self, emu: TestClient) -> None:
+        exchange = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                    "subject_token": "eyJ.oidc", "audience": "//iam.googleapis.com/projects/1/"
+                    "locations/global/workloadIdentityPools/p/providers/oidc",
+                    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                    "scope": "https://www.googleapis.com/auth/cloud-platform"}
+        impersonate = ("/iamcredentials/v1/projects/-/serviceAccounts/"
+                       "tuner@p-1.iam.gserviceaccount.com:generateAccessToken")
+        scope = {"scope": ["https://www.googleapis.com/auth/cloud-platform"]}
+
+        sts = emu.post("/sts/v1/token", data=exchange)
+        no_subject = emu.post("/sts/v1/token", data={**exchange, "subject_token": ""})
+        other_audience = emu.post("/sts/v1/token", data={**exchange, "audience": "x"})
+        anonymous = emu.post(impersonate, json=scope)
+        impersonated = emu.post(impersonate, json=scope, headers={
+            "authorization": f"Bearer {sts.json()['access_token']}"})
+
+        assert sts.status_code == 200 and sts.json()["access_token"].startswith("ya29.")
+        assert no_subject.status_code == other_audience.status_code == 400
+        assert no_subject.json()["error"] == "invalid_request"
+        assert anonymous.status_code == 401
+        assert impersonated.status_code == 200
+        assert impersonated.json()["expireTime"].endswith("Z")
+
     def test_the_token_endpoint_is_under_the_fault_and_latency_knobs(
             self, emu: TestClient) -> None:
         emu.put("/_emulator/scenario", json=Scenario(
