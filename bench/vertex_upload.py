@@ -52,7 +52,7 @@ def child(args: argparse.Namespace) -> None:
     path = Path(args.file)
     sha = hashlib.sha256(f"{path}{time.time()}".encode()).hexdigest()  # a fresh object name
     settings = Settings(data_dir=Path(args.work), vertex_base_url=args.base,
-                        gcs_base_url=args.base, gcs_bucket="bench", gcs_prefix="bench/",
+                        gcs_base_url=args.base, gcs_bucket=args.bucket, gcs_prefix="bench/",
                         gcs_resumable_threshold_bytes=8 << 20,
                         gcs_chunk_bytes=args.chunk_mb << 20, upload_timeout_s=3600,
                         lease_s=7200, broker_visibility_timeout_s=7201,
@@ -77,10 +77,12 @@ def main() -> None:
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--bucket", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+    from orchestrator.providers.vertex.emulator import DEMO_BUCKET  # the bucket it starts with
     with tempfile.TemporaryDirectory(prefix="tunectl-bench-") as work:
         data = Path(work) / "train.jsonl"
         generate(data, args.size_mb)
@@ -102,7 +104,8 @@ def main() -> None:
             key_file.write_text(json.dumps(key.json()))
             done = subprocess.run(
                 [sys.executable, __file__, "--child", "--file", str(data), "--work", work,
-                 "--base", base, "--key", str(key_file), "--chunk-mb", str(args.chunk_mb)],
+                 "--base", base, "--key", str(key_file), "--chunk-mb", str(args.chunk_mb),
+                 "--bucket", DEMO_BUCKET],
                 capture_output=True, text=True, check=True)
             figures = json.loads(done.stdout.strip().splitlines()[-1])
             stats = httpx.get(f"{base}/_emulator/stats").json()

@@ -109,7 +109,8 @@ def submit(spec: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.")]
             data = remote.submit(loaded)
     else:
         result = job_ops.submit(_engine(settings), BlobStore.from_settings(settings), loaded,
-                                source=str(spec), project=settings.default_project)
+                                source=str(spec), project=settings.default_project,
+                                settings=settings)
         data = {**job_json(result.job), "created": result.created}
     if as_json:
         _print_json(data)

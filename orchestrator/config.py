@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     #: Datasets larger than this use a resumable upload, sent in chunks of gcs_chunk_bytes.
     gcs_resumable_threshold_bytes: int = 8 << 20
     gcs_chunk_bytes: int = 8 << 20
+    #: The projects and buckets a spec's provider_options may name (JSON lists); empty: only
+    #: the configured vertex_project and gcs_bucket.
+    vertex_projects: list[str] = Field(default_factory=list)
+    gcs_buckets: list[str] = Field(default_factory=list)
     #: A service-account key file (or any credentials file google-auth reads); unset: ADC.
     google_application_credentials: Path | None = Field(
         default=None, validation_alias=AliasChoices("GOOGLE_APPLICATION_CREDENTIALS",

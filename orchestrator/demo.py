@@ -37,7 +37,8 @@ from orchestrator.db.models import Job, JobTransition
 from orchestrator.errors import ProviderError, UserError
 from orchestrator.notify.receiver import Received, Receiver
 from orchestrator.providers import registry
-from orchestrator.providers.base import Prompter
+from orchestrator.providers.base import Prompter, connect
+from orchestrator.providers.vertex.emulator import DEMO_BUCKET
 from orchestrator.specs import load_spec
 from orchestrator.states import TERMINAL
 
@@ -112,9 +113,9 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
     google = f"http://127.0.0.1:{port}/google"
     key_file = home / "google-service-account.json"
     env.update(TUNECTL_VERTEX_BASE_URL=google, TUNECTL_GCS_BASE_URL=google,
-               TUNECTL_GCS_BUCKET="tunectl-demo", GOOGLE_APPLICATION_CREDENTIALS=str(key_file))
+               TUNECTL_GCS_BUCKET=DEMO_BUCKET, GOOGLE_APPLICATION_CREDENTIALS=str(key_file))
     demo_settings = Settings(data_dir=home, vertex_base_url=google, gcs_base_url=google,
-                             gcs_bucket="tunectl-demo", google_application_credentials=key_file)
+                             gcs_bucket=DEMO_BUCKET, google_application_credentials=key_file)
     log = home / "daemon.log"
     console.print(f"[bold]tunectl demo[/bold]: data in {home}, logs in {log}", highlight=False)
     children: list[subprocess.Popen[bytes]] = []
@@ -233,8 +234,8 @@ def _ask_tuned_models(console: Console, settings: Settings, jobs: list[Job]) -> 
             if job.state != "succeeded" or not model_ref:
                 continue
             try:
-                client = registry.get(job.provider).connect(
-                    settings, http, job.spec.get("provider_options"))
+                client = connect(registry.get(job.provider), settings, http,
+                                 job.spec.get("provider_options"))
             except UserError:  # the demo holds no key of its own for the other providers
                 continue
             if not isinstance(client, Prompter):

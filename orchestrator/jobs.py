@@ -39,7 +39,7 @@ from orchestrator.errors import (
 )
 from orchestrator.notify import outbox
 from orchestrator.providers import registry
-from orchestrator.providers.base import RemoteEvent
+from orchestrator.providers.base import RemoteEvent, connect, pinned_options
 from orchestrator.providers.http import shared_client
 from orchestrator.specs import JobSpec, checked_plugin
 from orchestrator.states import CANCEL_DIRECTLY, CANCEL_REMOTELY, TERMINAL, State
@@ -91,16 +91,22 @@ class Submitted:
 
 def submit(engine: sa.Engine, blobs: BlobStore, spec: JobSpec, *, source: str,
            project: str, datasets: Datasets | None = None,
-           now: datetime | None = None) -> Submitted:
+           now: datetime | None = None, settings: Settings | None = None) -> Submitted:
     """Check ``spec`` against its provider (and its webhook targets), store its datasets,
     and queue the job in ``project``.
+
+    The job keeps the provider options its provider pins (``pinned_options``: the spec's,
+    completed from ``settings``), so every later step works where the first one did; the
+    idempotency digest is of the spec as given.
 
     Datasets are copied into the blob store first from the spec's paths (content-addressed,
     so a copy left by a failed submit is harmless), unless ``datasets`` names blobs already
     stored; then the job and its first history row are inserted in one transaction.
     """
-    checked_plugin(spec, source)
-    outbox.check_targets(spec.notify, get_settings(), source)
+    settings = settings or get_settings()
+    plugin = checked_plugin(spec, source)
+    options = pinned_options(plugin, settings, spec.provider_options, source)
+    outbox.check_targets(spec.notify, settings, source)
     if datasets is None:
         datasets = Datasets(blobs.put_file(spec.training_file),
                             blobs.put_file(spec.validation_file) if spec.validation_file
@@ -116,6 +122,8 @@ def submit(engine: sa.Engine, blobs: BlobStore, spec: JobSpec, *, source: str,
     digest = hashlib.sha256(json.dumps(
         {**stored, "training_blob": training_blob, "validation_blob": validation_blob},
         sort_keys=True).encode()).hexdigest()
+    if options:
+        stored["provider_options"] = options
     job = Job(
         id=new_id("job"), project=project, name=spec.name, provider=spec.provider,
         base_model=spec.base_model, method=spec.method, spec=stored, spec_sha256=digest,
@@ -168,8 +176,8 @@ def provider_events(settings: Settings, job: Job, limit: int = 20) -> list[Remot
     a provider failure is a ProviderError naming the provider job."""
     if job.provider_job_id is None:
         return []
-    provider = registry.get(job.provider).connect(settings, shared_client(settings),
-                                                  job.spec.get("provider_options"))
+    provider = connect(registry.get(job.provider), settings, shared_client(settings),
+                       job.spec.get("provider_options"))
     try:
         return provider.list_events(job.provider_job_id, limit)
     except ProviderError as exc:

@@ -57,6 +57,8 @@ ADMIN_KEY = "sk-test-admin"
 GOOGLE_BASE = "http://emulator.test/google"
 SERVICE_ACCOUNT = "tunectl-test@tunectl-test.iam.gserviceaccount.com"
 KEY_ID = "test-key-1"
+#: The Cloud Storage buckets the in-process Google emulator has.
+BUCKETS = ("tunectl-test-data", "other-bucket", "acme-data")
 
 
 @lru_cache(maxsize=1)
@@ -100,14 +102,15 @@ def in_process_emulator(
 ) -> Iterator[TestClient]:
     """The emulators as the process's provider HTTP client (no sockets): OpenAI at /v1,
     DashScope at /dashscope/api/v1 (admin at /dashscope/_emulator), Google at /google
-    (admin at /google/_emulator), which knows the key of ``service_account_file``."""
+    (admin at /google/_emulator), which knows the key of ``service_account_file`` and has
+    the ``BUCKETS``."""
     app = emulation.combined_app([
         emulation.EmulatorMount("OpenAI", "", "/v1", create_app(scenario, clock=clock.epoch)),
         emulation.EmulatorMount("DashScope", dashscope_emulator.PREFIX, "/api/v1",
                                 dashscope_emulator.create_app(dashscope, clock=clock.epoch)),
         emulation.EmulatorMount("Google", google_emulator.PREFIX, "",
                                 google_emulator.create_app(google, clock=clock.epoch,
-                                                           api_key=ADMIN_KEY)),
+                                                           api_key=ADMIN_KEY, buckets=BUCKETS)),
     ])
     client = TestClient(app, base_url="http://emulator.test",
                         headers={"authorization": f"Bearer {ADMIN_KEY}"})
@@ -188,7 +191,7 @@ class Pump:
     def submit(self, spec: JobSpec, project: str = "default") -> Job:
         blobs = BlobStore(self.settings.blob_dir)
         return job_ops.submit(self.engine, blobs, spec, source="test", project=project,
-                              now=self.clock()).job
+                              now=self.clock(), settings=self.settings).job
 
     def scheduler(self) -> Scheduler:
         return Scheduler(self.settings, self.engine, self.dispatch, now=self.clock)

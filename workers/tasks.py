@@ -78,7 +78,8 @@ def submit(spec: dict[str, Any], project: str | None = None) -> str | None:
         blobs = BlobStore.from_settings(settings)
         result = job_ops.submit(get_engine(settings.database_url), blobs, parsed,
                                 source=source, project=project,
-                                datasets=job_ops.referenced(blobs, parsed, source))
+                                datasets=job_ops.referenced(blobs, parsed, source),
+                                settings=settings)
     except UserError as exc:
         log.error("submit.rejected", error=str(exc), project=str(project)[:80])
         return None

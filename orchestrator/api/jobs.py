@@ -234,7 +234,7 @@ def _submit(state: ApiState, who: Caller, spec: JobSpec,
 
         datasets = job_ops.referenced(state.blobs, spec, _SOURCE, owned)
     return job_ops.submit(state.engine, state.blobs, spec, source=f"the API ({who.name})",
-                          project=who.project, datasets=datasets)
+                          project=who.project, datasets=datasets, settings=state.settings)
 
 
 @router.post("/datasets", status_code=201, response_model=DatasetDoc,

@@ -6,7 +6,12 @@ unless a plugin asks for it, so providers without them need nothing:
 - ``deploys = True`` with clients that implement ``Deployer``: tuned models serve only once
   deployed (DashScope); the engine deploys only for such a provider.
 - ``options = frozenset({...})``: the ``provider_options`` keys a spec may set (project,
-  bucket …); ``connect`` gets them. Specs for other providers may set none.
+  bucket …); ``connect`` gets them as ``options=`` (by keyword, and only when a job has
+  some, so plugins without options keep the two-argument ``connect``). Specs for other
+  providers may set none. Such a plugin may also have ``pin_options(settings, options,
+  source)``: called when a job is submitted, it checks the options against the operator's
+  allow-lists and completes them from settings; the job keeps the result, so that every
+  later step of it works in the same place however settings change.
 - ``converts_datasets = True``: a dataset in another provider's format is converted to this
   provider's format by the validate step, before anything is uploaded (Vertex).
 - clients that implement ``Prompter``: the tuned model can be asked a question (the demo).
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 if TYPE_CHECKING:
     import httpx
@@ -37,9 +42,17 @@ class RemoteStatus(StrEnum):
 
     #: Not finished; includes every status the adapter does not recognise.
     RUNNING = "running"
+    #: Not finished, but a cancel was accepted (by tunectl or anyone): asking again would
+    #: be refused, so the cancel step only waits.
+    CANCELLING = "cancelling"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+    @property
+    def live(self) -> bool:
+        """Not finished yet (running, or stopping after a cancel)."""
+        return self in (RemoteStatus.RUNNING, RemoteStatus.CANCELLING)
 
 
 @dataclass(frozen=True)
@@ -140,10 +153,37 @@ class ProviderPlugin(Protocol):
     def check_spec(self, spec: JobSpec, source: str) -> None:
         """Raise SpecError for what this provider cannot run (method, hyperparameters …)."""
 
-    def connect(self, settings: Settings, http: httpx.Client,
+    def connect(self, settings: Settings, http: httpx.Client) -> ProviderClient:
+        """A client for the configured account; raises MissingCredential without a key.
+        (Plugins with ``options`` also take ``options=``: see ``connect`` below.)"""
+
+
+class ConfiguredPlugin(ProviderPlugin, Protocol):
+    """A plugin whose specs may set ``provider_options`` (the ``options`` extra)."""
+
+    options: frozenset[str]
+
+    def connect(self, settings: Settings, http: httpx.Client, *,
                 options: Mapping[str, str] | None = None) -> ProviderClient:
-        """A client for the configured account, narrowed by a spec's ``provider_options``
-        (which ``check_spec`` has checked); raises MissingCredential without a key."""
+        """A client narrowed by a job's ``provider_options`` (checked at submit)."""
+
+
+def connect(plugin: ProviderPlugin, settings: Settings, http: httpx.Client,
+            options: Mapping[str, str] | None = None) -> ProviderClient:
+    """``plugin``'s client for a job with these ``provider_options``: passed by keyword, and
+    only when there are some (only plugins with ``options`` take them)."""
+    if options:
+        return cast(ConfiguredPlugin, plugin).connect(settings, http, options=options)
+    return plugin.connect(settings, http)
+
+
+def pinned_options(plugin: ProviderPlugin, settings: Settings, options: Mapping[str, str],
+                   source: str) -> dict[str, str]:
+    """The ``provider_options`` a new job is stored with: what the plugin's ``pin_options``
+    makes of the spec's (raising SpecError for what the operator does not allow), or the
+    spec's own."""
+    pin = getattr(plugin, "pin_options", None)
+    return dict(pin(settings, options, source)) if callable(pin) else dict(options)
 
 
 # --- Deployments (optional) -------------------------------------------------------------------

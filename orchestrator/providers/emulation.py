@@ -24,13 +24,13 @@ import secrets
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
 import uvicorn
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.applications import Starlette
@@ -209,13 +209,16 @@ class FaultMiddleware:
 
     A bearer token is accepted if it is ``api_key`` (any non-empty one when None), or, when
     ``accepts`` is given, if ``accepts(token)`` says so (tokens the emulator issued).
+    Paths under ``public`` (an OAuth token endpoint) get the faults but need no token.
     """
 
     def __init__(self, app: ASGIApp, store: FaultStore[Any], api_key: str | None,
                  routes: list[BaseRoute], api_prefix: str | tuple[str, ...],
-                 refusals: Refusals, accepts: Callable[[str], bool] | None = None) -> None:
+                 refusals: Refusals, accepts: Callable[[str], bool] | None = None,
+                 public: tuple[str, ...] = ()) -> None:
         self.app, self.store, self.api_key, self.routes = app, store, api_key, routes
         self.api_prefix, self.refusals, self.accepts = api_prefix, refusals, accepts
+        self.public = public
 
     def _route(self, scope: Scope, path: str) -> str:
         for route in self.routes:
@@ -226,6 +229,19 @@ class FaultMiddleware:
 
     def _refusal(self, scope: Scope, path: str, request_id: str) -> Response | None:
         """The response that replaces the real one (401, 429, 5xx), if any."""
+        if not path.startswith(self.public):
+            refused = self._unauthorized(scope, request_id)
+            if refused is not None:
+                return refused
+        fault = self.store.take_fault(scope["method"], path)
+        if isinstance(fault, ServerErrors):
+            return self.refusals.server_error(fault.status, request_id)
+        if fault is not None:
+            return self.refusals.throttled(fault, request_id)
+        return None
+
+    def _unauthorized(self, scope: Scope, request_id: str) -> Response | None:
+        """A 401 for a request without an accepted bearer token."""
         authorization = Headers(scope=scope).get("authorization", "")
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
@@ -235,14 +251,7 @@ class FaultMiddleware:
             wrong = not (token == self.api_key or self.accepts(token))
         else:
             wrong = self.api_key is not None and token != self.api_key
-        if wrong:
-            return self.refusals.wrong_key(mask(token), request_id)
-        fault = self.store.take_fault(scope["method"], path)
-        if isinstance(fault, ServerErrors):
-            return self.refusals.server_error(fault.status, request_id)
-        if fault is not None:
-            return self.refusals.throttled(fault, request_id)
-        return None
+        return self.refusals.wrong_key(mask(token), request_id) if wrong else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -318,6 +327,38 @@ def admin_routes(scenario_type: type[FaultScenario]) -> list[tuple[str, str, Cal
         ("POST", "/_emulator/reset", reset),
         ("GET", "/_emulator/stats", stats),
     ]
+
+
+# --- The app ----------------------------------------------------------------------------------
+
+
+def emulator_app(
+    title: str,
+    store: FaultStore[Any],
+    routes: Sequence[tuple[str, str, Callable[..., Any]]],
+    handlers: Mapping[type[Exception], Callable[[Request, Exception], Any]],
+    *,
+    refusals: Refusals,
+    api_key: str | None,
+    api_prefix: str | tuple[str, ...],
+    accepts: Callable[[str], bool] | None = None,
+    public: tuple[str, ...] = (),
+    inner: Sequence[tuple[Any, dict[str, Any]]] = (),
+) -> FastAPI:
+    """An emulator's ASGI app: ``routes`` (method, path, endpoint) on ``store``, the
+    provider's exception ``handlers``, ``inner`` middleware, and FaultMiddleware around all."""
+    app = FastAPI(title=title, openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.store = store
+    for method, path, endpoint in routes:
+        app.add_api_route(path, endpoint, methods=[method])
+    for exc, handler in handlers.items():
+        app.add_exception_handler(exc, handler)
+    for cls, options in inner:
+        app.add_middleware(cls, **options)
+    app.add_middleware(FaultMiddleware, store=store, api_key=api_key, routes=app.router.routes,
+                       api_prefix=api_prefix, refusals=refusals, accepts=accepts,
+                       public=public)
+    return app
 
 
 # --- Serving every emulator -------------------------------------------------------------------

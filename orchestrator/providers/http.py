@@ -9,6 +9,7 @@ Calls made inside ``time_limit(seconds)`` time out sooner than the client's defa
 from __future__ import annotations
 
 import contextvars
+import json
 import math
 import threading
 import time
@@ -59,10 +60,14 @@ class Deadline:
         self._file, self._seconds, self._provider = file, seconds, provider
         self._deadline = time.monotonic() + seconds
 
-    def read(self, size: int = -1) -> bytes:
+    def check(self) -> None:
+        """Raise ProviderUnavailable once the deadline has passed."""
         if time.monotonic() > self._deadline:
             raise ProviderUnavailable(f"the upload did not finish within {self._seconds:g} s",
                                       provider=self._provider, operation="upload file")
+
+    def read(self, size: int = -1) -> bytes:
+        self.check()
         return self._file.read(size)
 
     def __getattr__(self, name: str) -> Any:  # fileno, seek, tell: for the content length
@@ -121,6 +126,8 @@ class ErrorInfo(NamedTuple):
     permanent: bool = False
     #: The code means "slow down" whatever the status (e.g. DashScope's Throttling.*).
     throttled: bool = False
+    #: Seconds the body asks us to wait (Google's RetryInfo), when no header says so.
+    retry_after: float | None = None
 
 
 def _seconds(value: float) -> float | None:
@@ -144,9 +151,11 @@ def classify(response: httpx.Response, *, provider: str, operation: str,
         cls = ProviderAuthError
     else:
         cls = ProviderRejected
+    wait = retry_after(response.headers)
     return cls(info.message, provider=provider, operation=operation, status=status,
                request_id=info.request_id,
-               retry_after=retry_after(response.headers) if cls.retryable else None)
+               retry_after=(info.retry_after if wait is None else wait) if cls.retryable
+               else None)
 
 
 def send(
@@ -191,3 +200,22 @@ def _count(exc: ProviderError) -> None:
     from orchestrator import metrics
 
     metrics.PROVIDER_ERRORS.labels(exc.provider, exc.operation, type(exc).__name__).inc()
+
+
+def json_object(response: httpx.Response, *, provider: str, operation: str,
+                parse: Callable[[bytes], Any] = json.loads) -> dict[str, Any]:
+    """A 2xx response's body, which must be a JSON object (else ProviderUnavailable: a
+    proxy's error page, a truncated answer)."""
+    try:
+        body = parse(response.content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        error = ProviderUnavailable("the response was not JSON", provider=provider,
+                                    operation=operation, status=response.status_code)
+        _count(error)
+        raise error from exc
+    if not isinstance(body, dict):
+        error = ProviderUnavailable("the response was not a JSON object", provider=provider,
+                                    operation=operation, status=response.status_code)
+        _count(error)
+        raise error
+    return body

@@ -13,7 +13,8 @@ CANCEL_POLL_S = 5.0
 
 
 def run(job: Job, ctx: StepContext) -> Outcome:
-    """Cancel remotely; a job that ended first goes to finalize, which records how."""
+    """Cancel remotely (unless the provider already accepted a cancel: CANCELLING); a job
+    that ended first goes to finalize, which records how."""
     provider = ctx.provider
     provider_job_id = job.provider_job_id
     if provider_job_id is None:
@@ -32,7 +33,7 @@ def run(job: Job, ctx: StepContext) -> Outcome:
     if remote.status is RemoteStatus.CANCELLED:
         return Advance(State.CANCELLED, reason=f"provider job {provider_job_id} cancelled",
                        fields=fields)
-    if remote.status is RemoteStatus.RUNNING:
+    if remote.status.live:
         return Wait(CANCEL_POLL_S, provider_status=remote.provider_status)
     return Advance(State.FINALIZING, fields=fields,
                    reason=f"provider job had already ended ({remote.provider_status})")

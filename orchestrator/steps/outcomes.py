@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings
-from orchestrator.providers.base import ProviderClient, ProviderPlugin
+from orchestrator.providers.base import ProviderClient, ProviderPlugin, connect
 from orchestrator.providers.http import shared_client
 from orchestrator.states import State
 
@@ -58,7 +58,7 @@ class StepContext:
     @cached_property
     def provider(self) -> ProviderClient:
         """A client for the job's provider account (built on first use)."""
-        return self.plugin.connect(self.settings, shared_client(self.settings), self.options)
+        return connect(self.plugin, self.settings, shared_client(self.settings), self.options)
 
     @cached_property
     def blobs(self) -> BlobStore:

@@ -41,6 +41,7 @@ from orchestrator.errors import (
 from orchestrator.notify import deliver
 from orchestrator.notify.outbox import Wake
 from orchestrator.providers import registry
+from orchestrator.providers.base import connect
 from orchestrator.providers.http import shared_client
 from orchestrator.states import (
     PROVIDER_RESOURCE_LIVE,
@@ -291,8 +292,8 @@ def _cancel_orphan(job: Job, outcome: Advance, engine: sa.Engine, settings: Sett
     if not (cancelled or superseded):
         return
     try:
-        provider = registry.get(job.provider).connect(
-            settings, shared_client(settings), job.spec.get("provider_options"))
+        provider = connect(registry.get(job.provider), settings, shared_client(settings),
+                           job.spec.get("provider_options"))
         provider.cancel_job(outcome.cancel_remote)
         log.warning("step.cancelled_orphan", provider_job_id=outcome.cancel_remote,
                     why="cancelled meanwhile" if cancelled else "superseded by "

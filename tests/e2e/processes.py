@@ -31,6 +31,7 @@ from orchestrator import jobs as job_ops
 from orchestrator.blobs import BlobStore
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Job
+from orchestrator.providers.vertex.emulator import DEMO_BUCKET
 from orchestrator.specs import load_spec
 from tests.conftest import API_KEY, REDIS_URL
 from tests.helpers import service_account_file, service_account_key
@@ -289,7 +290,7 @@ class Stack:
             env["TUNECTL_OPENAI_BASE_URL"] = self.emulator.url
             env["TUNECTL_DASHSCOPE_BASE_URL"] = f"{self.emulator.root}/dashscope/api/v1"
             env.update(TUNECTL_VERTEX_BASE_URL=google, TUNECTL_GCS_BASE_URL=google,
-                       TUNECTL_GCS_BUCKET="tunectl-e2e",
+                       TUNECTL_GCS_BUCKET=DEMO_BUCKET,
                        GOOGLE_APPLICATION_CREDENTIALS=str(self.tmp_path / "google-sa.json"))
         env.update(self.overrides)
         env.update(extra)

@@ -57,6 +57,11 @@ def test_worker_killed_mid_submit_leaves_one_tuning_job(stack: Stack) -> None:
                      f"{shown['provider_job_id']}"]
     assert any(e.get("event") == "scheduler.lease_expired" and e.get("job_id") == job_id
                for e in scheduler.log_events())
+    key = json.loads((stack.tmp_path / "google-sa.json").read_text())["private_key"]
+    for proc in stack.procs.started:  # no access token or private key reaches a log
+        logged = proc.output()
+        assert "ya29." not in logged and "PRIVATE KEY" not in logged, proc.name
+        assert not any(line in logged for line in key.splitlines()[1:-1]), proc.name
     ref = shown["model_ref"]
     assert ref["model"].startswith("vertex_ai/gemini/") and ref["vertex_location"] == \
         "us-central1"

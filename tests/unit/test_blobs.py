@@ -62,6 +62,21 @@ def test_an_object_store_is_shared_and_the_local_directory_is_only_a_cache(
         worker.open_path("0" * 64)
 
 
+def test_a_converted_dataset_reaches_the_object_store(tmp_path: Path,
+                                                      s3: dict[str, Any]) -> None:
+    """Validated (and converted) on one machine, uploaded to the provider from another."""
+    validator = BlobStore(tmp_path / "validator-cache", "s3://datasets/tunectl", s3)
+    uploader = BlobStore(tmp_path / "uploader-cache", "s3://datasets/tunectl", s3)
+    converted = b'{"contents": []}\n' * 100
+
+    sha, lines = validator.put_written(lambda path: path.write_bytes(converted))
+
+    assert sha == hashlib.sha256(converted).hexdigest() and lines == len(converted)
+    assert uploader.exists(sha) and uploader.open_path(sha).read_bytes() == converted
+    assert sorted(p.name for p in (tmp_path / "validator-cache").rglob("*")
+                  if p.is_file()) == [sha]  # no scratch file left behind
+
+
 def test_a_changed_object_is_refused_not_used(tmp_path: Path, s3: dict[str, Any]) -> None:
     import fsspec
 

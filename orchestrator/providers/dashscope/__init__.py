@@ -3,7 +3,6 @@ the ``tunectl.providers`` entry point loads."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import httpx
@@ -26,8 +25,7 @@ class DashScopePlugin:
     def check_spec(self, spec: JobSpec, source: str) -> None:
         translate.check_spec(spec, source)
 
-    def connect(self, settings: Settings, http: httpx.Client,
-                options: Mapping[str, str] | None = None) -> DashScopeClient:
+    def connect(self, settings: Settings, http: httpx.Client) -> DashScopeClient:
         return DashScopeClient(
             http,
             base_url=settings.dashscope_base_url,

@@ -55,15 +55,8 @@ class DashScopeClient:
                                              headers=self._headers, **kwargs)
         response = http.send(self._client, request, provider=PROVIDER, operation=operation,
                              describe_error=translate.describe_error)
-        try:
-            body = translate.parse_json(response.content)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProviderUnavailable("the response was not JSON", provider=PROVIDER,
-                                      operation=operation, status=response.status_code) from exc
-        if not isinstance(body, dict):
-            raise ProviderUnavailable("the response was not a JSON object", provider=PROVIDER,
-                                      operation=operation, status=response.status_code)
-        return body
+        return http.json_object(response, provider=PROVIDER, operation=operation,
+                                parse=translate.parse_json)
 
     def _pages(self, operation: str, path: str, envelope: str, key: str) -> Iterator[Any]:
         """Every item of a paged list (``page_no`` / ``page_size`` / ``total``)."""

@@ -35,9 +35,9 @@ from orchestrator.providers.dashscope.emulator_state import (
 )
 from orchestrator.providers.emulation import (
     EmulatorMount,
-    FaultMiddleware,
     Throttle,
     admin_routes,
+    emulator_app,
     request_id_of,
     route_path,
 )
@@ -308,21 +308,13 @@ def create_app(
         api_key: the only bearer token accepted; None accepts any non-empty one.
         clock: seconds since the epoch; inject a fake one to drive jobs without sleeping.
     """
-    app = FastAPI(title="DashScope API emulator (tunectl)", openapi_url=None, docs_url=None,
-                  redoc_url=None)
-    app.state.store = Store(scenario or Scenario(), clock)
-    for method, path, endpoint in ROUTES:
-        app.add_api_route(path, endpoint, methods=[method])
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(OpenAIShapedError, _openai_shaped)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _server_error)
-    app.add_middleware(ByteOrderMark, store=app.state.store)
-    app.add_middleware(FaultMiddleware, store=app.state.store, api_key=api_key,
-                       routes=app.router.routes, api_prefix=API_PREFIX,
-                       refusals=DashScopeRefusals())
-    return app
+    store = Store(scenario or Scenario(), clock)
+    return emulator_app("DashScope API emulator (tunectl)", store, ROUTES, {
+        ApiError: _api_error, OpenAIShapedError: _openai_shaped,
+        StarletteHTTPException: _http_error, RequestValidationError: _validation_error,
+        Exception: _server_error,
+    }, refusals=DashScopeRefusals(), api_key=api_key, api_prefix=API_PREFIX,
+        inner=[(ByteOrderMark, {"store": store})])
 
 
 #: Where `tunectl emulator` mounts this emulator.

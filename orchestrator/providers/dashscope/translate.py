@@ -34,7 +34,7 @@ STATUS: dict[str, RemoteStatus] = {
     "PENDING": RemoteStatus.RUNNING,
     "QUEUING": RemoteStatus.RUNNING,
     "RUNNING": RemoteStatus.RUNNING,
-    "CANCELING": RemoteStatus.RUNNING,
+    "CANCELING": RemoteStatus.CANCELLING,
     "SUSPENDED": RemoteStatus.RUNNING,
     "UNKNOWN": RemoteStatus.RUNNING,
     "SUCCEEDED": RemoteStatus.SUCCEEDED,

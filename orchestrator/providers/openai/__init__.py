@@ -25,8 +25,7 @@ class OpenAIPlugin:
     def check_spec(self, spec: JobSpec, source: str) -> None:
         translate.check_spec(spec, source)
 
-    def connect(self, settings: Settings, http: httpx.Client,
-                options: Mapping[str, str] | None = None) -> OpenAIClient:
+    def connect(self, settings: Settings, http: httpx.Client) -> OpenAIClient:
         return OpenAIClient(
             http,
             base_url=settings.openai_base_url,

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.providers import emulation
-from orchestrator.providers.emulation import EmulatorMount, FaultMiddleware, Throttle, admin_routes
+from orchestrator.providers.emulation import EmulatorMount, Throttle, admin_routes, emulator_app
 from orchestrator.providers.openai import spec_schemas
 from orchestrator.providers.openai.emulator_state import ApiError, Scenario, Store
 from orchestrator.providers.openai.emulator_webhooks import WebhookSender
@@ -335,18 +335,12 @@ def create_app(
         api_key: the only bearer token accepted; None accepts any non-empty one.
         clock: seconds since the epoch; inject a fake one to drive jobs without sleeping.
     """
-    app = FastAPI(title="OpenAI API emulator (tunectl)", openapi_url=None, docs_url=None,
-                  redoc_url=None)
-    app.state.store = Store(scenario or Scenario(), clock)
-    app.state.webhooks = WebhookSender(app.state.store, clock)
-    for method, path, endpoint in ROUTES:
-        app.add_api_route(path, endpoint, methods=[method])
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _server_error)
-    app.add_middleware(FaultMiddleware, store=app.state.store, api_key=api_key,
-                       routes=app.router.routes, api_prefix="/v1/", refusals=OpenAIRefusals())
+    store = Store(scenario or Scenario(), clock)
+    app = emulator_app("OpenAI API emulator (tunectl)", store, ROUTES, {
+        ApiError: _api_error, StarletteHTTPException: _http_error,
+        RequestValidationError: _validation_error, Exception: _server_error,
+    }, refusals=OpenAIRefusals(), api_key=api_key, api_prefix="/v1/")
+    app.state.webhooks = WebhookSender(store, clock)
     return app
 
 

@@ -5,14 +5,15 @@ client with a Google access token (auth.py)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
 
-from orchestrator.errors import ProviderAuthError, ProviderRejected, ProviderUnavailable
+from orchestrator.errors import ProviderAuthError, ProviderRejected
 from orchestrator.providers import http
 from orchestrator.providers.base import JobRequest, RemoteEvent, RemoteFile, RemoteJob
 from orchestrator.providers.vertex import translate
@@ -29,13 +30,20 @@ class VertexClient:
     """One Google Cloud project and location, with its dataset bucket and credentials."""
 
     def __init__(self, client: httpx.Client, auth: GoogleAuth, *, project: str,
-                 location: str, base_url: str | None, storage: Mapping[str, Any]) -> None:
-        """``base_url`` overrides Google's endpoint of each location (a proxy, the emulator)."""
-        self._client, self._auth = client, auth
+                 location: str, base_url: str | None, storage: Mapping[str, Any],
+                 local: Callable[[str], Path],
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        """``base_url`` overrides Google's endpoint of each location (a proxy, the emulator);
+        ``local`` gives the local file of a dataset by its hash (to check copies against).
+
+        A tuning job or endpoint is always asked about at the location its resource name
+        gives, whatever ``location`` (where new jobs go) is now.
+        """
+        self._client, self._auth, self._local, self._now = client, auth, local, now
         self._request = HttpxRequest(client)
         self.project, self.location = project, location
         self._override = base_url.rstrip("/") if base_url else None
-        self._base = self._override or translate.base_url(location)
+        self._base = self._at(location)
         self._parent = translate.parent(project, location)
         self.storage = CloudStorage(self._send, **storage)
         identity = "\0".join((self._base, storage["base_url"], project, location,
@@ -71,20 +79,12 @@ class VertexClient:
     def _call(self, operation: str, method: str, path: str, *, base: str | None = None,
               **kwargs: Any) -> dict[str, Any]:
         response = self._send(operation, method, f"{base or self._base}{path}", **kwargs)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise ProviderUnavailable("the response was not JSON", provider=PROVIDER,
-                                      operation=operation, status=response.status_code) from exc
-        if not isinstance(body, dict):
-            raise ProviderUnavailable("the response was not a JSON object", provider=PROVIDER,
-                                      operation=operation, status=response.status_code)
-        return body
+        return http.json_object(response, provider=PROVIDER, operation=operation)
 
     # Datasets
 
     def find_file(self, sha256: str) -> RemoteFile | None:
-        return self.storage.find(sha256)
+        return self.storage.find(sha256, self._local(sha256))
 
     def file_exists(self, file_id: str) -> bool:
         return self.storage.exists(file_id)
@@ -94,9 +94,11 @@ class VertexClient:
 
     # Tuning jobs
 
-    def _jobs(self, filter_: str) -> Iterator[dict[str, Any]]:
-        """Every tuning job the filter lists, page by page."""
-        params: dict[str, Any] = {"filter": filter_, "pageSize": PAGE_SIZE}
+    def _jobs(self, filter_: str | None) -> Iterator[dict[str, Any]]:
+        """Every tuning job the filter (None: none) lists, page by page."""
+        params: dict[str, Any] = {"pageSize": PAGE_SIZE}
+        if filter_ is not None:
+            params["filter"] = filter_
         while True:
             page = self._call("list jobs", "GET", f"/v1/{self._parent}/tuningJobs",
                               params=params)
@@ -107,25 +109,36 @@ class VertexClient:
             params["pageToken"] = token
 
     def find_job(self, job_id: str) -> RemoteJob | None:
-        """The tuning job labelled with ``job_id`` (the label is checked on each job too,
-        in case a server ignored the filter)."""
-        for item in self._jobs(translate.job_filter(job_id)):
+        """The tuning job labelled with ``job_id``. The label is checked on each job, in case
+        a server ignored the filter; one that refuses the filter (INVALID_ARGUMENT) gets
+        the whole list, page by page, instead."""
+        try:
+            return self._labelled(job_id, translate.job_filter(job_id))
+        except ProviderRejected as exc:
+            if exc.status != 400 or not exc.message.startswith("INVALID_ARGUMENT"):
+                raise
+            log.warning("vertex.list_filter_refused", error=str(exc))
+            return self._labelled(job_id, None)
+
+    def _labelled(self, job_id: str, filter_: str | None) -> RemoteJob | None:
+        for item in self._jobs(filter_):
             if translate.is_job_of(item, job_id):
-                return self._checked(translate.remote_job(item))
+                return self._remote(item)
         return None
 
     def create_job(self, request: JobRequest) -> RemoteJob:
         body = translate.job_body(request, request.training_file_id,
                                   request.validation_file_id)
         data = self._call("create job", "POST", f"/v1/{self._parent}/tuningJobs", json=body)
-        return self._checked(translate.remote_job(data))
+        return self._remote(data)
 
     def get_job(self, provider_job_id: str) -> RemoteJob:
-        return self._checked(translate.remote_job(self._job(provider_job_id)))
+        return self._remote(self._job(provider_job_id))
 
     def cancel_job(self, provider_job_id: str) -> RemoteJob:
         """Ask for a cancel (the answer is empty; it is asynchronous), then read the job."""
-        self._call("cancel job", "POST", f"{self._path(provider_job_id)}:cancel", json={})
+        self._call("cancel job", "POST", f"/v1/{provider_job_id}:cancel", json={},
+                   base=self._job_base(provider_job_id, "cancel job"))
         return self.get_job(provider_job_id)
 
     def list_events(self, provider_job_id: str, limit: int = 20) -> list[RemoteEvent]:
@@ -138,22 +151,31 @@ class VertexClient:
     def ask(self, model_ref: Mapping[str, Any], prompt: str) -> str:
         """The tuned endpoint's answer to ``prompt`` (generateContent)."""
         body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
-        base = self._override or translate.base_url(str(model_ref["vertex_location"]))
-        data = self._call("generate content", "POST", f"/v1/{model_ref['endpoint']}"
-                          ":generateContent", base=base, json=body)
+        endpoint = str(model_ref.get("endpoint") or "")
+        try:  # the host comes from the endpoint's own name, checked: the token goes there
+            base = self._at(translate.endpoint_location(endpoint))
+        except ValueError as exc:
+            raise ProviderRejected(str(exc), provider=PROVIDER,
+                                   operation="generate content") from None
+        data = self._call("generate content", "POST", f"/v1/{endpoint}:generateContent",
+                          base=base, json=body)
         return translate.answer_text(data)
 
     def _job(self, name: str) -> dict[str, Any]:
-        return self._call("get job", "GET", self._path(name))
+        return self._call("get job", "GET", f"/v1/{name}", base=self._job_base(name, "get job"))
 
-    def _path(self, name: str) -> str:
+    def _job_base(self, name: str, operation: str) -> str:
+        """The base URL for a tuning job: its own location's."""
         try:
-            return translate.job_path(name)
+            return self._at(translate.job_location(name))
         except ValueError as exc:
-            raise ProviderRejected(str(exc), provider=PROVIDER, operation="get job") from None
+            raise ProviderRejected(str(exc), provider=PROVIDER, operation=operation) from None
 
-    @staticmethod
-    def _checked(job: RemoteJob) -> RemoteJob:
+    def _at(self, location: str) -> str:
+        return self._override or translate.base_url(location)
+
+    def _remote(self, data: dict[str, Any]) -> RemoteJob:
+        job = translate.remote_job(data, self._now())
         if job.provider_status not in translate.STATUS:
             log.warning("provider.unknown_status", provider=PROVIDER, provider_job_id=job.id,
                         provider_status=job.provider_status)

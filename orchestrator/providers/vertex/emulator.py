@@ -4,7 +4,11 @@ benchmarks.
 `create_app()` serves, at one root (`tunectl emulator` mounts it under /google):
 
     POST /token                                   OAuth 2 token endpoint (jwt-bearer grant)
+    POST /sts/v1/token                            STS token exchange (workload identity)
+    POST /iamcredentials/v1/projects/-/serviceAccounts/{email}:generateAccessToken
+    POST /storage/v1/b?project=…                  create a bucket (GET …/b/{bucket}: read it)
     GET  /storage/v1/b/{bucket}/o/{object}        object metadata (``alt=media``: its bytes)
+    DELETE /storage/v1/b/{bucket}/o/{object}      delete it (``ifGenerationMatch``)
     GET  /download/storage/v1/b/{bucket}/o/{object}   its bytes (the object's ``mediaLink``)
     POST /upload/storage/v1/b/{bucket}/o          uploadType=media | multipart | resumable
     PUT  /upload/storage/v1/b/{bucket}/o          a resumable session's chunks (``upload_id``)
@@ -28,7 +32,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Form, Query, Request
@@ -40,9 +44,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from orchestrator.providers import emulation
 from orchestrator.providers.emulation import (
     EmulatorMount,
-    FaultMiddleware,
     Throttle,
     admin_routes,
+    emulator_app,
     route_path,
 )
 from orchestrator.providers.vertex.emulator_state import (
@@ -56,7 +60,10 @@ from orchestrator.providers.vertex.emulator_state import (
 
 __all__ = ["Scenario", "create_app", "mount", "serve"]
 
-API_PREFIXES = ("/v1/", "/v1beta1/", "/storage/", "/upload/", "/download/")
+API_PREFIXES = ("/v1/", "/v1beta1/", "/storage/", "/upload/", "/download/", "/token",
+                "/sts/", "/iamcredentials/")
+#: Under the fault and latency knobs, but reached without an access token.
+PUBLIC = ("/token", "/sts/")
 VERSIONS = ("v1", "v1beta1")
 _LOCATION = re.compile(r"^(global|us|eu|[a-z]+(-[a-z]+)+[0-9]+)$")
 SERVER_ERRORS = {500: ("INTERNAL", "Internal error encountered."),
@@ -97,6 +104,22 @@ def token(store: StoreDep, grant_type: Annotated[str | None, Form()] = None,
     except OAuthError as exc:
         return JSONResponse({"error": exc.error, "error_description": exc.description},
                             status_code=400)
+
+
+async def sts_token(request: Request, store: StoreDep) -> Any:
+    """Security Token Service: an access token for a federated subject token."""
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    try:
+        return store.exchange(form)
+    except OAuthError as exc:
+        return JSONResponse({"error": exc.error, "error_description": exc.description},
+                            status_code=400)
+
+
+def generate_access_token(store: StoreDep, project: str, email: str,
+                          body: JsonBody) -> dict[str, Any]:
+    """IAM Credentials: a token for the service account ``email`` (impersonation)."""
+    return store.impersonate(email, _object(body))
 
 
 class ServiceAccountKey(BaseModel):
@@ -183,14 +206,14 @@ async def upload(request: Request, store: StoreDep, bucket: str,
         if not name:
             raise ApiError(400, "INVALID_ARGUMENT", "Required parameter: name", storage=True)
         return store.put_object(bucket, name, body, request.headers.get("content-type", ""),
-                                {}, only_if_absent, "media", _base(request))
+                                {}, only_if_absent, "media", _base(request), {})
     if upload_type == "multipart":
         metadata, content, content_type = _multipart(request.headers.get("content-type", ""),
                                                      body)
         return store.put_object(bucket, str(metadata.get("name") or name or ""), content,
                                 str(metadata.get("contentType") or content_type),
                                 _custom(metadata), only_if_absent, "multipart",
-                                _base(request))
+                                _base(request), _hashes(metadata))
     if upload_type == "resumable":
         metadata = json.loads(body) if body.strip() else {}
         if not isinstance(metadata, dict):
@@ -199,7 +222,8 @@ async def upload(request: Request, store: StoreDep, bucket: str,
         upload_id = store.start_upload(
             bucket, str(metadata.get("name") or name or ""),
             str(metadata.get("contentType") or request.headers.get("x-upload-content-type")
-                or "application/octet-stream"), _custom(metadata), only_if_absent)
+                or "application/octet-stream"), _custom(metadata), only_if_absent,
+            _hashes(metadata))
         session = request.url.include_query_params(upload_id=upload_id)
         return Response(status_code=200, headers={"location": str(session)})
     raise ApiError(400, "INVALID_ARGUMENT", f"Invalid uploadType {upload_type!r}",
@@ -224,6 +248,31 @@ def _absent(if_generation_match: str | None) -> bool:
         raise ApiError(400, "INVALID_ARGUMENT", "The emulator supports ifGenerationMatch=0 "
                        "only", storage=True)
     return True
+
+
+def create_bucket(store: StoreDep, body: JsonBody, project: str | None = None) -> Any:
+    """Create a bucket (buckets.insert)."""
+    if not project:
+        raise ApiError(400, "INVALID_ARGUMENT", "Required parameter: project", storage=True)
+    return store.create_bucket(str(_object(body).get("name") or ""))
+
+
+def get_bucket(store: StoreDep, bucket: str) -> Any:
+    """A bucket (buckets.get)."""
+    return store.get_bucket(bucket)
+
+
+def delete_object(store: StoreDep, bucket: str, name: str,
+                  if_generation_match: Annotated[str | None, Query(
+                      alias="ifGenerationMatch")] = None) -> Response:
+    """Delete an object (only the given generation, with ``ifGenerationMatch``)."""
+    store.delete_object(bucket, name, if_generation_match)
+    return Response(status_code=204)
+
+
+def _hashes(metadata: dict[str, Any]) -> dict[str, str]:
+    """The md5Hash and crc32c an object resource gives for its bytes."""
+    return {k: str(metadata[k]) for k in ("md5Hash", "crc32c") if metadata.get(k)}
 
 
 def _custom(metadata: dict[str, Any]) -> dict[str, str]:
@@ -309,9 +358,15 @@ def generate_content(store: StoreDep, version: str, project: str, location: str,
 _JOBS = "/{version}/projects/{project}/locations/{location}/tuningJobs"
 ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("POST", "/token", token),
+    ("POST", "/sts/v1/token", sts_token),
+    ("POST", "/iamcredentials/v1/projects/{project}/serviceAccounts/{email}"
+             ":generateAccessToken", generate_access_token),
     ("POST", "/_emulator/service-accounts", add_service_account),
     ("POST", "/_emulator/service-accounts/keys", new_service_account_key),
+    ("POST", "/storage/v1/b", create_bucket),
+    ("GET", "/storage/v1/b/{bucket}", get_bucket),
     ("GET", "/storage/v1/b/{bucket}/o/{name:path}", get_object),
+    ("DELETE", "/storage/v1/b/{bucket}/o/{name:path}", delete_object),
     ("GET", "/download/storage/v1/b/{bucket}/o/{name:path}", download_object),
     ("POST", "/upload/storage/v1/b/{bucket}/o", upload),
     ("PUT", "/upload/storage/v1/b/{bucket}/o", upload_chunk),
@@ -395,6 +450,7 @@ def create_app(
     *,
     api_key: str | None = None,
     clock: Callable[[], float] = time.time,
+    buckets: Iterable[str] = (),
 ) -> FastAPI:
     """The emulator as an ASGI app (routes as above, admin at /_emulator).
 
@@ -403,31 +459,29 @@ def create_app(
         api_key: a bearer token accepted besides those the token endpoint issued.
         clock: seconds since the epoch; inject a fake one to drive jobs and token expiry
             without sleeping.
+        buckets: Cloud Storage buckets that exist from the start (others are created with
+            ``POST /storage/v1/b``; objects elsewhere are 404).
     """
-    app = FastAPI(title="Google Vertex AI + Cloud Storage emulator (tunectl)",
-                  openapi_url=None, docs_url=None, redoc_url=None)
-    store = app.state.store = Store(scenario or Scenario(), clock)
-    for method, path, endpoint in ROUTES:
-        app.add_api_route(path, endpoint, methods=[method])
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _server_error)
-    app.add_middleware(FaultMiddleware, store=store, api_key=api_key, routes=app.router.routes,
-                       api_prefix=API_PREFIXES, refusals=GoogleRefusals(store),
-                       accepts=store.token_valid)
-    return app
+    store = Store(scenario or Scenario(), clock, buckets)
+    return emulator_app("Google Vertex AI + Cloud Storage emulator (tunectl)", store, ROUTES, {
+        ApiError: _api_error, StarletteHTTPException: _http_error,
+        RequestValidationError: _validation_error, Exception: _server_error,
+    }, refusals=GoogleRefusals(store), api_key=api_key, api_prefix=API_PREFIXES,
+        accepts=store.token_valid, public=PUBLIC)
 
 
 #: Where `tunectl emulator` mounts this emulator.
 PREFIX = "/google"
+#: The bucket `tunectl emulator` starts with (the demo's).
+DEMO_BUCKET = "tunectl-demo"
 
 
 def mount(*, job_duration_s: float, api_key: str | None) -> EmulatorMount:
     """The emulator as ``tunectl emulator`` serves it: under /google, which is then both
     TUNECTL_VERTEX_BASE_URL and TUNECTL_GCS_BASE_URL (and the token_uri's base)."""
     return EmulatorMount("Google (Vertex AI, Cloud Storage, OAuth)", PREFIX, "",
-                         create_app(Scenario(job_duration_s=job_duration_s), api_key=api_key))
+                         create_app(Scenario(job_duration_s=job_duration_s), api_key=api_key,
+                                    buckets=[DEMO_BUCKET]))
 
 
 def serve(host: str, port: int, scenario: Scenario | None = None,

@@ -18,6 +18,7 @@ import json
 import re
 import secrets
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from urllib.parse import quote
 
 import google.auth.exceptions
 import google.auth.jwt
+import google_crc32c
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.datasets.issues import IssueLog
@@ -37,14 +39,16 @@ from orchestrator.providers.emulation import (
     ServerErrors,
     Throttle,
 )
+from orchestrator.providers.vertex.translate import tunable
 
 #: Where the fault knobs apply unless a scenario says otherwise: Vertex and Cloud Storage.
 API_ROUTES = r"^/(v1|v1beta1|storage|upload|download)/"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-#: Base models the emulator tunes (as Vertex's supervised-tuning pages list them).
-TUNABLE = re.compile(r"^(gemini-2\.5-(pro|flash|flash-lite)(-\d{3})?|gemini-2\.0-flash"
-                     r"(-lite)?-001)$")
+#: The scope a source account's token has for impersonating another (tokens are not bound
+#: to their scopes here: either kind may call every API).
+IAM = "https://www.googleapis.com/auth/iam"
 ADAPTER_SIZES = ("ADAPTER_SIZE_UNSPECIFIED", "ADAPTER_SIZE_ONE", "ADAPTER_SIZE_TWO",
                  "ADAPTER_SIZE_FOUR", "ADAPTER_SIZE_EIGHT", "ADAPTER_SIZE_SIXTEEN",
                  "ADAPTER_SIZE_THIRTY_TWO")
@@ -52,6 +56,18 @@ ADAPTER_SIZES = ("ADAPTER_SIZE_UNSPECIFIED", "ADAPTER_SIZE_ONE", "ADAPTER_SIZE_T
 PENDING_SHARE, CANCEL_SHARE = 0.1, 0.1
 LIVE = frozenset({"JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"})
 MAX_PAGE, DEFAULT_PAGE = 100, 50
+#: The fields of TuningJob, SupervisedTuningSpec and SupervisedHyperParameters in the v1
+#: API (tuning_job.proto); any other name in a request is refused.
+TUNING_JOB_FIELDS = frozenset({
+    "baseModel", "preTunedModel", "supervisedTuningSpec", "name", "tunedModelDisplayName",
+    "description", "state", "createTime", "startTime", "endTime", "updateTime", "error",
+    "labels", "experiment", "tunedModel", "tuningDataStats", "encryptionSpec",
+    "serviceAccount", "evaluateDatasetRuns"})
+SUPERVISED_TUNING_SPEC_FIELDS = frozenset({
+    "trainingDatasetUri", "validationDatasetUri", "hyperParameters",
+    "exportLastCheckpointOnly", "evaluationConfig"})
+HYPER_PARAMETER_FIELDS = frozenset({"epochCount", "learningRateMultiplier", "adapterSize"})
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]")
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _FILTER_TERM = re.compile(r'^labels\.([a-z][a-z0-9_-]*)\s*=\s*(?:"([^"]*)"|([a-z0-9_-]*))$')
@@ -67,8 +83,8 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         """The error body; Cloud Storage's has ``errors`` instead of ``status``."""
         if self.storage:
-            reason = {400: "invalid", 401: "required", 404: "notFound", 412:
-                      "conditionNotMet"}.get(self.code, "backendError")
+            reason = {400: "invalid", 401: "required", 404: "notFound", 409: "conflict",
+                      410: "gone", 412: "conditionNotMet"}.get(self.code, "backendError")
             return {"error": {"code": self.code, "message": self.message, "errors": [
                 {"message": self.message, "domain": "global", "reason": reason}]}}
         return {"error": {"code": self.code, "message": self.message, "status": self.status}}
@@ -113,6 +129,15 @@ class Scenario(FaultScenario):
     fail_jobs: Failure | None = None  # every new job ends this way
     #: Lifetime of an access token, in the emulator's clock.
     token_lifetime_s: float = Field(3600.0, gt=0)
+    #: The next N resumable chunks keep only their first ``partial_chunk_bytes`` bytes
+    #: (0: none), as a server that persisted part of a chunk answers 308 with less.
+    partial_chunks: int = Field(0, ge=0)
+    partial_chunk_bytes: int = Field(0, ge=0)
+    #: The next N resumable chunk requests find their session expired: 410, and it is gone.
+    expire_sessions: int = Field(0, ge=0)
+    #: A list with a filter is refused (400 INVALID_ARGUMENT), as a server that does not
+    #: support filtering on labels would.
+    refuse_filters: bool = False
     throttle: Throttle = Field(default_factory=lambda: Throttle(routes=API_ROUTES))
     server_errors: ServerErrors = Field(default_factory=lambda: ServerErrors(routes=API_ROUTES))
     latency: Latency = Field(default_factory=lambda: Latency(routes=API_ROUTES))
@@ -141,7 +166,7 @@ class StoredObject:
     @property
     def md5(self) -> str:
         """The base64 MD5 of the content, as Cloud Storage reports it."""
-        return base64.b64encode(hashlib.md5(self.content).digest()).decode()
+        return md5_of(self.content)
 
     def to_api(self, base: str) -> dict[str, Any]:
         """The Object resource (int64 fields as strings), its links under ``base``."""
@@ -151,7 +176,8 @@ class StoredObject:
                 "name": self.name,
                 "bucket": self.bucket, "generation": str(self.generation),
                 "metageneration": "1", "contentType": self.content_type,
-                "size": str(len(self.content)), "md5Hash": md5, "metadata": self.metadata,
+                "size": str(len(self.content)), "md5Hash": md5,
+                "crc32c": crc32c_of(self.content), "metadata": self.metadata,
                 "timeCreated": rfc3339(self.created_at), "updated": rfc3339(self.created_at),
                 "storageClass": "STANDARD", "etag": md5[:12],
                 "selfLink": f"{base}/storage/v1/b/{path}",
@@ -168,6 +194,8 @@ class UploadSession:
     content_type: str
     metadata: dict[str, str]
     only_if_absent: bool
+    #: The md5Hash and crc32c the client gave, checked once every byte is in.
+    hashes: dict[str, str]
     received: bytearray = field(default_factory=bytearray)
 
 
@@ -256,10 +284,17 @@ class TuningJob:
 
 
 class Store(FaultStore[Scenario]):
-    """Keys, tokens, objects, upload sessions, tuning jobs and counters, behind one lock."""
+    """Keys, tokens, buckets, objects, upload sessions, tuning jobs and counters, behind one
+    lock. ``buckets`` exist from the start (and again after a reset)."""
+
+    def __init__(self, scenario: Scenario, clock: Callable[[], float],
+                 buckets: Iterable[str] = ()) -> None:
+        self._initial_buckets = frozenset(buckets)
+        super().__init__(scenario, clock)
 
     def _reset(self) -> None:
         super()._reset()
+        self._buckets: set[str] = set(self._initial_buckets)
         self._keys: dict[str, tuple[str, str]] = {}  # key id → (client email, public PEM)
         self._tokens: dict[str, tuple[str, float]] = {}  # token → (email, expires at)
         self._objects: dict[tuple[str, str], StoredObject] = {}
@@ -315,15 +350,55 @@ class Store(FaultStore[Scenario]):
                 raise OAuthError("invalid_grant", f"Invalid JWT: {exc}") from None
             scopes = str(claims.get("scope", "")).split()
             if claims.get("iss") != email or not str(claims.get("aud", "")).endswith("/token") \
-                    or CLOUD_PLATFORM not in scopes:
+                    or not {CLOUD_PLATFORM, IAM} & set(scopes):
                 self._counts["token_refusals"] += 1
                 raise OAuthError("invalid_grant", "Invalid JWT: iss, aud or scope is wrong "
-                                 f"(scope must include {CLOUD_PLATFORM})")
-            lifetime = self._scenario.token_lifetime_s
-            token = f"ya29.emulator-{secrets.token_urlsafe(24)}"
-            self._tokens[token] = (email, self._clock() + lifetime)
-            self._counts["tokens_issued"] += 1
+                                 f"(scope must include {CLOUD_PLATFORM} or {IAM})")
+            token, lifetime, _ = self._issue(email)
             return {"access_token": token, "expires_in": int(lifetime), "token_type": "Bearer"}
+
+    def exchange(self, form: dict[str, str]) -> dict[str, Any]:
+        """An STS token exchange (Workload Identity Federation): an access token for a
+        subject token presented for a workload or workforce pool provider. The emulator has
+        no identity provider, so any non-empty subject token is taken.
+
+        Raises:
+            OAuthError: another grant, no subject token, another audience or scope.
+        """
+        if form.get("grant_type") != TOKEN_EXCHANGE:
+            raise OAuthError("unsupported_grant_type",
+                             f"Invalid grant_type: {form.get('grant_type')}")
+        audience = form.get("audience", "")
+        if not form.get("subject_token") or not audience.startswith("//iam.googleapis.com/"):
+            raise OAuthError("invalid_request", "A subject_token and a workload or workforce "
+                             "pool provider audience are required.")
+        if not {CLOUD_PLATFORM, IAM} & set(form.get("scope", "").split()):
+            raise OAuthError("invalid_scope", f"The scope must include {CLOUD_PLATFORM} or "
+                             f"{IAM}")
+        with self._lock:
+            token, lifetime, _ = self._issue(f"principal:{audience}", "sts_exchanges")
+        return {"access_token": token, "expires_in": int(lifetime), "token_type": "Bearer",
+                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+
+    def impersonate(self, email: str, body: dict[str, Any]) -> dict[str, Any]:
+        """IAM Credentials' generateAccessToken: a token for ``email`` (the caller's own
+        token was checked by the middleware)."""
+        scopes = body.get("scope")
+        if not isinstance(scopes, list) or CLOUD_PLATFORM not in scopes:
+            raise invalid(f"scope must include {CLOUD_PLATFORM}")
+        with self._lock:
+            token, _, expires = self._issue(email, "impersonations")
+        return {"accessToken": token,
+                "expireTime": datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+    def _issue(self, who: str, counter: str = "tokens_issued") -> tuple[str, float, float]:
+        """A new access token for ``who``: (token, lifetime, expiry); the caller holds the
+        lock."""
+        lifetime = self._scenario.token_lifetime_s
+        token = f"ya29.emulator-{secrets.token_urlsafe(24)}"
+        expires = self._tokens[token] = (who, self._clock() + lifetime)
+        self._counts[counter] += 1
+        return token, lifetime, expires[1]
 
     def token_valid(self, token: str) -> bool:
         """Whether ``token`` was issued here and has not expired (by the clock)."""
@@ -338,16 +413,43 @@ class Store(FaultStore[Scenario]):
 
     # Cloud Storage
 
+    def create_bucket(self, name: str) -> dict[str, Any]:
+        """A new bucket (buckets.insert); 409 if it exists."""
+        if not _BUCKET.fullmatch(name):
+            raise ApiError(400, "INVALID_ARGUMENT", f"Invalid bucket name: '{name}'",
+                           storage=True)
+        with self._lock:
+            if name in self._buckets:
+                raise ApiError(409, "ALREADY_EXISTS", "Your previous request to create the "
+                               "named bucket succeeded and you already own it.", storage=True)
+            self._buckets.add(name)
+            return _bucket_resource(name)
+
+    def get_bucket(self, name: str) -> dict[str, Any]:
+        """A bucket's resource (buckets.get)."""
+        with self._lock:
+            self._bucket(name)
+            return _bucket_resource(name)
+
+    def _bucket(self, bucket: str) -> None:
+        """Raise 404 for a bucket that does not exist; the caller holds the lock."""
+        if bucket not in self._buckets:
+            raise not_found("The specified bucket does not exist.", storage=True)
+
     def put_object(self, bucket: str, name: str, content: bytes, content_type: str,
                    metadata: dict[str, str], only_if_absent: bool, kind: str,
-                   base: str) -> dict[str, Any]:
+                   base: str, hashes: dict[str, str]) -> dict[str, Any]:
         """Create (or replace) an object.
 
         Raises:
-            ApiError: 412 when ``only_if_absent`` and it exists.
+            ApiError: 404 for an unknown bucket, 400 when ``hashes`` (md5Hash, crc32c) are
+                not the content's (nothing is stored), 412 when ``only_if_absent`` and it
+                exists.
         """
         _check_object_name(name)
+        _check_hashes(hashes, content)
         with self._lock:
+            self._bucket(bucket)
             if only_if_absent and (bucket, name) in self._objects:
                 raise ApiError(412, "FAILED_PRECONDITION", "At least one of the pre-conditions "
                                "you specified did not hold.", storage=True)
@@ -362,22 +464,38 @@ class Store(FaultStore[Scenario]):
     def get_object(self, bucket: str, name: str) -> StoredObject:
         """An object (its bytes too)."""
         with self._lock:
+            self._bucket(bucket)
             stored = self._objects.get((bucket, name))
             if stored is None:
                 raise not_found(f"No such object: {bucket}/{name}", storage=True)
             return stored
 
+    def delete_object(self, bucket: str, name: str, if_generation_match: str | None) -> None:
+        """Delete an object, with ``ifGenerationMatch`` only that generation (else 412)."""
+        with self._lock:
+            self._bucket(bucket)
+            stored = self._objects.get((bucket, name))
+            if stored is None:
+                raise not_found(f"No such object: {bucket}/{name}", storage=True)
+            if if_generation_match not in (None, "", str(stored.generation)):
+                raise ApiError(412, "FAILED_PRECONDITION", "At least one of the pre-conditions "
+                               "you specified did not hold.", storage=True)
+            del self._objects[(bucket, name)]
+            self._counts["objects_deleted"] += 1
+
     def start_upload(self, bucket: str, name: str, content_type: str,
-                     metadata: dict[str, str], only_if_absent: bool) -> str:
+                     metadata: dict[str, str], only_if_absent: bool,
+                     hashes: dict[str, str]) -> str:
         """A resumable upload session id."""
         _check_object_name(name)
         with self._lock:
+            self._bucket(bucket)
             if only_if_absent and (bucket, name) in self._objects:
                 raise ApiError(412, "FAILED_PRECONDITION", "At least one of the pre-conditions "
                                "you specified did not hold.", storage=True)
             upload_id = secrets.token_urlsafe(24)
             self._sessions[upload_id] = UploadSession(bucket, name, content_type, metadata,
-                                                      only_if_absent)
+                                                      only_if_absent, dict(hashes))
             return upload_id
 
     def put_chunk(self, upload_id: str, content_range: str | None, chunk: bytes,
@@ -386,7 +504,9 @@ class Store(FaultStore[Scenario]):
         return the bytes persisted so far, or the object once the last byte arrived.
 
         Raises:
-            ApiError: an unknown session, a malformed range, or a gap.
+            ApiError: an unknown (404) or expired (410) session, a malformed range, a gap,
+                or bytes whose hashes are not those the session started with (400; the
+                session ends and nothing is stored).
         """
         match = re.fullmatch(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)", content_range or "")
         if match is None:
@@ -400,6 +520,10 @@ class Store(FaultStore[Scenario]):
                 if done is not None:
                     return done
                 raise not_found("No such upload session", storage=True)
+            if self._scenario.expire_sessions > 0:
+                self._scenario.expire_sessions -= 1
+                del self._sessions[upload_id]
+                raise ApiError(410, "GONE", "The upload session has expired.", storage=True)
             if first is not None:
                 start, end = int(first), int(last)
                 if end - start + 1 != len(chunk) or start > len(session.received):
@@ -408,9 +532,13 @@ class Store(FaultStore[Scenario]):
                 if total != "*" and end + 1 < int(total) and len(chunk) % (256 << 10):
                     raise ApiError(400, "INVALID_ARGUMENT", "A chunk other than the last must "
                                    "be a multiple of 256 KiB", storage=True)
+                if self._scenario.partial_chunks > 0:
+                    self._scenario.partial_chunks -= 1
+                    chunk = chunk[:self._scenario.partial_chunk_bytes]
                 session.received[start:] = chunk
             if total != "*" and len(session.received) == int(total):
                 del self._sessions[upload_id]
+                _check_hashes(session.hashes, bytes(session.received))
                 self._finished[upload_id] = (session.bucket, session.name)
                 if session.only_if_absent and (session.bucket, session.name) in self._objects:
                     raise ApiError(412, "FAILED_PRECONDITION", "At least one of the "
@@ -436,15 +564,24 @@ class Store(FaultStore[Scenario]):
         """Create a tuning job from a TuningJob body (it starts JOB_STATE_PENDING).
 
         Raises:
-            ApiError: a missing or invalid field, a model Vertex does not tune, or a dataset
-                that is not in the bucket.
+            ApiError: an unknown, missing or invalid field, a model Vertex does not tune, or
+                a dataset that is not in the bucket.
         """
+        body = _known(body, TUNING_JOB_FIELDS, "tuning_job")
         base = body.get("baseModel")
-        if not isinstance(base, str) or not TUNABLE.match(base):
+        if not isinstance(base, str) or not tunable(base):
             raise invalid(f"Base model {base!r} is not supported for tuning.")
         spec = body.get("supervisedTuningSpec")
-        if not isinstance(spec, dict) or not isinstance(spec.get("trainingDatasetUri"), str):
+        if not isinstance(spec, dict):
             raise invalid("supervisedTuningSpec.trainingDatasetUri is required.")
+        spec = body["supervisedTuningSpec"] = _known(
+            spec, SUPERVISED_TUNING_SPEC_FIELDS, "tuning_job.supervised_tuning_spec")
+        if not isinstance(spec.get("trainingDatasetUri"), str):
+            raise invalid("supervisedTuningSpec.trainingDatasetUri is required.")
+        if isinstance(spec.get("hyperParameters"), dict):
+            spec["hyperParameters"] = _known(
+                spec["hyperParameters"], HYPER_PARAMETER_FIELDS,
+                "tuning_job.supervised_tuning_spec.hyper_parameters")
         _check_hyperparameters(spec.get("hyperParameters"))
         labels = body.get("labels") or {}
         if not isinstance(labels, dict) or len(labels) > 64 or not all(
@@ -497,6 +634,8 @@ class Store(FaultStore[Scenario]):
     def list_jobs(self, project: str, location: str, filter_: str | None, page_size: int,
                   page_token: str | None) -> dict[str, Any]:
         """One page of the location's jobs, newest first, matching a label filter."""
+        if filter_ and self.scenario().refuse_filters:
+            raise invalid(f"Unsupported filter: {filter_}")
         wanted = _parse_filter(filter_)
         offset = _offset(page_token, filter_)
         size = DEFAULT_PAGE if page_size <= 0 else min(page_size, MAX_PAGE)
@@ -566,10 +705,49 @@ class Store(FaultStore[Scenario]):
                 "modelVersion": job.body["baseModel"], "responseId": secrets.token_hex(8)}
 
 
+def _bucket_resource(name: str) -> dict[str, Any]:
+    return {"kind": "storage#bucket", "id": name, "name": name, "storageClass": "STANDARD",
+            "location": "US", "metageneration": "1"}
+
+
+def md5_of(content: bytes) -> str:
+    """Base64 MD5, as ``md5Hash``."""
+    return base64.b64encode(hashlib.md5(content).digest()).decode()
+
+
+def crc32c_of(content: bytes) -> str:
+    """Base64 of the big-endian CRC32C, as ``crc32c``."""
+    return base64.b64encode(google_crc32c.value(content).to_bytes(4, "big")).decode()
+
+
+def _check_hashes(hashes: dict[str, str], content: bytes) -> None:
+    """Refuse content whose md5Hash or crc32c is not the one the client gave, as Cloud
+    Storage does (400, nothing stored)."""
+    for key, label, actual in (("md5Hash", "MD5 hash", md5_of), ("crc32c", "CRC32C",
+                                                                   crc32c_of)):
+        given = hashes.get(key)
+        if given is not None and given != actual(content):
+            raise ApiError(400, "INVALID_ARGUMENT", f'Provided {label} "{given}" doesn\'t '
+                           f'match calculated {label} "{actual(content)}".', storage=True)
+
+
 def _check_object_name(name: str) -> None:
     if not name or len(name.encode()) > 1024 or "\n" in name or "\r" in name:
         raise ApiError(400, "INVALID_ARGUMENT", "Object name must be 1-1024 bytes without "
                        "newlines", storage=True)
+
+
+def _known(message: dict[str, Any], fields: frozenset[str], where: str) -> dict[str, Any]:
+    """``message`` with its field names in camelCase (proto3 JSON takes both spellings),
+    refusing a name the message does not have, in Google's words."""
+    known = {}
+    for key, value in message.items():
+        name = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), str(key))
+        if name not in fields:
+            raise invalid(f'Invalid JSON payload received. Unknown name "{key}" at '
+                          f"'{where}': Cannot find field.")
+        known[name] = value
+    return known
 
 
 def _check_hyperparameters(hyper: Any) -> None:
@@ -577,9 +755,6 @@ def _check_hyperparameters(hyper: Any) -> None:
         return
     if not isinstance(hyper, dict):
         raise invalid("hyperParameters must be an object")
-    unknown = set(hyper) - {"epochCount", "learningRateMultiplier", "adapterSize"}
-    if unknown:
-        raise invalid(f"Unknown field(s) in hyperParameters: {', '.join(sorted(unknown))}")
     epochs = hyper.get("epochCount")
     if epochs is not None:  # int64: a JSON string, or a number
         try:

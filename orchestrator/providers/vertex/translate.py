@@ -8,7 +8,6 @@ int64 fields (``epochCount``, example counts) are strings, and are sent as strin
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import re
@@ -34,13 +33,14 @@ SHA256_METADATA = "tunectl-sha256"
 
 #: A JobState → the engine's. Terminal states other than SUCCEEDED and CANCELLED fail the
 #: job: EXPIRED never ran to the end, and PARTIALLY_SUCCEEDED "may miss results", which for
-#: a tuned model means it cannot be trusted. PAUSED and UPDATING jobs can still go on.
+#: a tuned model means it cannot be trusted. PAUSED and UPDATING jobs can still go on;
+#: a CANCELLING one has accepted its cancel (asking again is refused).
 STATUS: dict[str, RemoteStatus] = {
     "JOB_STATE_UNSPECIFIED": RemoteStatus.RUNNING,
     "JOB_STATE_QUEUED": RemoteStatus.RUNNING,
     "JOB_STATE_PENDING": RemoteStatus.RUNNING,
     "JOB_STATE_RUNNING": RemoteStatus.RUNNING,
-    "JOB_STATE_CANCELLING": RemoteStatus.RUNNING,
+    "JOB_STATE_CANCELLING": RemoteStatus.CANCELLING,
     "JOB_STATE_PAUSED": RemoteStatus.RUNNING,
     "JOB_STATE_UPDATING": RemoteStatus.RUNNING,
     "JOB_STATE_SUCCEEDED": RemoteStatus.SUCCEEDED,
@@ -50,9 +50,15 @@ STATUS: dict[str, RemoteStatus] = {
     "JOB_STATE_CANCELLED": RemoteStatus.CANCELLED,
 }
 
-#: Base models Vertex tunes (Google's supervised-tuning pages), as patterns.
-BASE_MODELS = ("gemini-2.5-pro*", "gemini-2.5-flash*", "gemini-2.0-flash-001",
-               "gemini-2.0-flash-lite-001")
+#: Base models Vertex tunes (Google's supervised-tuning pages; 2.5 models also by a
+#: version suffix such as -001). The emulator tunes exactly these.
+BASE_MODELS = ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite",
+               "gemini-2.0-flash-001", "gemini-2.0-flash-lite-001")
+_BASE_MODEL = re.compile(r"gemini-2\.5-(?:pro|flash|flash-lite)(?:-\d{3})?"
+                         r"|gemini-2\.0-flash(?:-lite)?-001")
+#: How long after a job SUCCEEDED Vertex may take to name the tuned model's endpoint
+#: before the job fails for want of one (it is what clients call).
+ENDPOINT_WAIT_S = 3600.0
 #: SupervisedHyperParameters.AdapterSize by size.
 ADAPTER_SIZES = {1: "ADAPTER_SIZE_ONE", 2: "ADAPTER_SIZE_TWO", 4: "ADAPTER_SIZE_FOUR",
                  8: "ADAPTER_SIZE_EIGHT", 16: "ADAPTER_SIZE_SIXTEEN",
@@ -63,16 +69,21 @@ HYPERPARAMETERS = frozenset({"epoch_count", "learning_rate_multiplier", "adapter
 #: provider_options keys.
 OPTIONS = frozenset({"project", "location", "bucket", "prefix"})
 
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
-_PROJECT = re.compile(r"^(?:[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20})$")
-#: global, the multi-regions us and eu, or a region such as us-central1 (it is part of a
-#: host name, so nothing else gets through).
-_LOCATION = re.compile(r"^(?:global|us|eu|[a-z]+(?:-[a-z]+)+[0-9]+)$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_.=-]+(?:/[A-Za-z0-9_.=-]+)*/?$")
-_ENDPOINT = re.compile(r"^projects/([^/]+)/locations/([^/]+)/endpoints/([^/]+)$")
-_JOB_NAME = re.compile(r"^projects/[^/]+/locations/[^/]+/tuningJobs/[^/:?#]+$")
+# Every pattern is matched whole (fullmatch: no trailing newline slips through).
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+_PROJECT_TEXT = r"[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20}"
+#: global, the multi-regions us and eu, or a region such as us-central1: it becomes part of
+#: a host name, so nothing else gets through, wherever it comes from.
+_LOCATION_TEXT = r"global|us|eu|[a-z]+(?:-[a-z]+)+[0-9]+"
+_PROJECT = re.compile(_PROJECT_TEXT)
+_LOCATION = re.compile(_LOCATION_TEXT)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]")
+_PREFIX = re.compile(r"[A-Za-z0-9_.=-]+(?:/[A-Za-z0-9_.=-]+)*/?")
+_ENDPOINT = re.compile(rf"projects/({_PROJECT_TEXT})/locations/({_LOCATION_TEXT})"
+                       r"/endpoints/([0-9]{1,20})")
+_JOB_NAME = re.compile(rf"projects/(?:{_PROJECT_TEXT})/locations/({_LOCATION_TEXT})"
+                       r"/tuningJobs/[0-9]{1,20}")
 MAX_FILE_ID = 200  # provider_files.file_id and jobs.training_file_id
 
 
@@ -84,9 +95,14 @@ def status_of(state: str) -> RemoteStatus:
 # --- Spec checks ------------------------------------------------------------------------------
 
 
+def tunable(model: str) -> bool:
+    """Whether Vertex tunes ``model`` (one of BASE_MODELS)."""
+    return _BASE_MODEL.fullmatch(model) is not None
+
+
 def check_spec(spec: JobSpec, source: str) -> None:
     """Refuse what Vertex (or tunectl's Vertex support) cannot run, naming the field."""
-    if not any(fnmatch.fnmatchcase(spec.base_model, p) for p in BASE_MODELS):
+    if not tunable(spec.base_model):
         raise SpecError(source, "base_model", f"{spec.base_model!r} is not a Gemini model "
                         f"Vertex tunes; use one of {', '.join(BASE_MODELS)}")
     if spec.method != "sft":
@@ -120,7 +136,7 @@ def check_options(options: Mapping[str, str], source: str) -> None:
         pattern, what = checks[key]
         if key == "prefix" and value == "":
             continue
-        if not pattern.match(value) or (key == "prefix" and ".." in value.split("/")):
+        if not pattern.fullmatch(value) or (key == "prefix" and ".." in value.split("/")):
             raise SpecError(source, f"provider_options.{key}", f"must be {what}")
     uri = dataset_uri(options.get("bucket", "b" * 63), options.get("prefix", ""), "0" * 64)
     if len(uri) > MAX_FILE_ID:
@@ -132,11 +148,11 @@ def _check_labels(labels: dict[str, str], source: str) -> None:
     for key, value in labels.items():
         if key == JOB_ID_LABEL:
             raise SpecError(source, f"labels.{key}", "is tunectl's own label; rename it")
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             raise SpecError(source, f"labels.{key}", "a Vertex label key must start with a "
                             "lower-case letter and hold only lower-case letters, digits, '_' "
                             "and '-' (at most 63)")
-        if not _LABEL_VALUE.match(value):
+        if not _LABEL_VALUE.fullmatch(value):
             raise SpecError(source, f"labels.{key}", "a Vertex label value may hold only "
                             "lower-case letters, digits, '_' and '-' (at most 63)")
 
@@ -166,7 +182,13 @@ def _check_hyperparameter(key: str, value: Any, given: dict[str, Any], source: s
 
 
 def base_url(location: str) -> str:
-    """Google's Vertex AI endpoint for ``location``."""
+    """Google's Vertex AI endpoint for ``location``.
+
+    Raises:
+        ValueError: ``location`` is not a Vertex location (it would name another host).
+    """
+    if not _LOCATION.fullmatch(location):
+        raise ValueError(f"not a Vertex location: {location!r}")
     if location == "global":
         return "https://aiplatform.googleapis.com"
     if location in ("us", "eu"):
@@ -209,15 +231,28 @@ def object_path(bucket: str, name: str) -> str:
     return f"/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
 
 
-def job_path(name: str) -> str:
-    """The v1 path of a tuning job resource name.
+def job_location(name: str) -> str:
+    """The location of a tuning job resource name (where it must be asked about).
 
     Raises:
         ValueError: ``name`` is not ``projects/…/locations/…/tuningJobs/…``.
     """
-    if not _JOB_NAME.match(name):
+    match = _JOB_NAME.fullmatch(name)
+    if match is None:
         raise ValueError(f"not a tuning job name: {name!r}")
-    return f"/v1/{name}"
+    return match.group(1)
+
+
+def endpoint_location(endpoint: str) -> str:
+    """The location of an endpoint resource name.
+
+    Raises:
+        ValueError: it is not ``projects/…/locations/…/endpoints/…``.
+    """
+    match = _ENDPOINT.fullmatch(endpoint)
+    if match is None:
+        raise ValueError(f"not an endpoint name: {endpoint!r}")
+    return match.group(2)
 
 
 def label_value(text: str) -> str:
@@ -265,15 +300,24 @@ def is_job_of(data: dict[str, Any], job_id: str) -> bool:
     return isinstance(labels, dict) and labels.get(JOB_ID_LABEL) == label_value(job_id)
 
 
-def remote_job(data: dict[str, Any]) -> RemoteJob:
-    """A TuningJob as a RemoteJob; a succeeded one carries its model_ref."""
+def remote_job(data: dict[str, Any], now: datetime) -> RemoteJob:
+    """A TuningJob as a RemoteJob at ``now``; a succeeded one carries its model_ref."""
     state = str(data.get("state") or "JOB_STATE_UNSPECIFIED")
     status = status_of(state)
     tuned = _dict(data.get("tunedModel"))
     endpoint, model = str(tuned.get("endpoint") or ""), tuned.get("model")
-    if status is RemoteStatus.SUCCEEDED and not _ENDPOINT.match(endpoint):
-        # The endpoint is what clients call: until Vertex names it, the job is not done.
-        status = RemoteStatus.RUNNING
+    error = failure_reason(data, state) if status is RemoteStatus.FAILED else None
+    if status is RemoteStatus.SUCCEEDED and not _ENDPOINT.fullmatch(endpoint):
+        # The endpoint is what clients call: until Vertex names it, the job is not done,
+        # and a job that names none for ENDPOINT_WAIT_S after it ended never will.
+        ended = _time(data.get("endTime")) or _time(data.get("updateTime"))
+        if ended is not None and (now - ended).total_seconds() <= ENDPOINT_WAIT_S:
+            status = RemoteStatus.RUNNING
+        else:
+            status = RemoteStatus.FAILED
+            error = (f"Vertex reported the tuning job succeeded but named no endpoint for "
+                     f"the tuned model within {ENDPOINT_WAIT_S / 60:g} minutes (tunedModel."
+                     f"endpoint: {endpoint[:100]!r})")
     result: dict[str, Any] = {}
     for key in ("createTime", "startTime", "endTime", "experiment"):
         if data.get(key):
@@ -291,7 +335,7 @@ def remote_job(data: dict[str, Any]) -> RemoteJob:
         status=status,
         provider_status=state,
         fine_tuned_model=model if status is RemoteStatus.SUCCEEDED else None,
-        error=failure_reason(data, state) if status is RemoteStatus.FAILED else None,
+        error=error,
         result=result,
         model_ref=model_ref,
     )
@@ -303,7 +347,7 @@ def model_ref_of(endpoint: str, base_model: str) -> dict[str, Any]:
 
     The project and location come from the endpoint's own name: a wrong region gives a 404.
     """
-    match = _ENDPOINT.match(endpoint)
+    match = _ENDPOINT.fullmatch(endpoint)
     if match is None:
         raise ValueError(f"not an endpoint name: {endpoint!r}")
     project, location, endpoint_id = match.groups()
@@ -369,6 +413,8 @@ def _int64(value: Any) -> int | Any:
         return value
 
 
+#: The ``@type`` of a ``google.rpc.RetryInfo`` error detail.
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 #: google.rpc.Code numbers → names (google/rpc/code.proto).
 RPC_CODES = {0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT",
              4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND", 6: "ALREADY_EXISTS",
@@ -378,20 +424,34 @@ RPC_CODES = {0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT",
 def describe_error(response: httpx.Response) -> ErrorInfo:
     """What a Google error response says: ``{"error": {"code", "message", "status",
     "details"}}``. RESOURCE_EXHAUSTED is throttling whatever the HTTP status; UNAVAILABLE
-    comes as 503, which is retried like every 5xx."""
+    comes as 503, which is retried like every 5xx; UNIMPLEMENTED (501) never will work. A
+    ``google.rpc.RetryInfo`` detail's ``retryDelay`` says how long to wait."""
     request_id = (response.headers.get("x-request-id")
                   or response.headers.get("x-guploader-uploadid"))
+    unimplemented = response.status_code == 501
     try:
         body = json.loads(response.content)
     except (ValueError, UnicodeDecodeError):
-        return ErrorInfo(response.text[:200].strip() or response.reason_phrase, request_id)
+        return ErrorInfo(response.text[:200].strip() or response.reason_phrase, request_id,
+                         permanent=unimplemented)
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        return ErrorInfo(str(body)[:200], request_id)
+        return ErrorInfo(str(body)[:200], request_id, permanent=unimplemented)
     status = error.get("status")
     status = str(status) if status else None
     message = str(error.get("message") or response.reason_phrase)
     if status:
         message = f"{status}: {message}"
-    return ErrorInfo(message, request_id, status, throttled=status == "RESOURCE_EXHAUSTED")
+    return ErrorInfo(message, request_id, status, throttled=status == "RESOURCE_EXHAUSTED",
+                     permanent=unimplemented or status == "UNIMPLEMENTED",
+                     retry_after=_retry_delay(error.get("details")))
 
+
+def _retry_delay(details: Any) -> float | None:
+    """Seconds a RetryInfo detail asks for (a proto3 JSON Duration such as ``"30s"``)."""
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and detail.get("@type") == RETRY_INFO:
+            match = re.fullmatch(r"(\d{1,9}(?:\.\d{1,9})?)s", str(detail.get("retryDelay")))
+            if match is not None:
+                return float(match.group(1))
+    return None

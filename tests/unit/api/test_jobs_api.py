@@ -77,6 +77,24 @@ class TestSubmit:
         assert detail.startswith("request body: trainig_file: is not a known field")
         assert "did you mean 'training_file'?" in detail and "\n" not in detail
 
+    def test_a_vertex_spec_may_name_only_a_bucket_the_operator_allows(
+            self, client: TestClient, tmp_path: Path) -> None:
+        """Else any caller could point jobs at whatever the service account reaches."""
+        dataset = write_dataset(tmp_path / "train.jsonl").read_bytes()
+        spec = {"name": "g", "provider": "vertex", "base_model": "gemini-2.5-flash",
+                "training_file": "train.jsonl"}
+
+        def post(**options: str) -> Any:
+            return client.post("/v1/jobs", headers=auth("alpha"), files={
+                "training_file": ("train.jsonl", dataset)}, data={"spec": json.dumps(
+                    {**spec, "provider_options": options})})
+
+        refused = post(bucket="someone-elses-bucket")
+        accepted = post(bucket="tunectl-test-data")
+
+        assert refused.status_code == 400 and "TUNECTL_GCS_BUCKETS" in refused.json()["detail"]
+        assert accepted.status_code == 201, accepted.text
+
     def test_a_spec_must_name_an_uploaded_dataset_by_its_hash(
             self, client: TestClient, engine: sa.Engine) -> None:
         path = client.post("/v1/jobs", headers=auth("alpha"),

@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import google.auth.transport.requests
 import httpx
 import pytest
 from google import genai
@@ -79,7 +80,7 @@ def credentials(key_file: Path) -> service_account.Credentials:
 def bucket(base: str, credentials: service_account.Credentials) -> storage.Bucket:
     client = storage.Client(project="tunectl-test", credentials=credentials,
                             client_options={"api_endpoint": base})
-    return client.bucket("sdk-bucket")
+    return client.lookup_bucket("sdk-bucket") or client.create_bucket("sdk-bucket")
 
 
 @pytest.fixture
@@ -170,7 +171,13 @@ class TestGenAI:
 
         assert caught.value.code == 404 and caught.value.status == "NOT_FOUND"
 
-    def test_tokens_come_from_the_emulator_token_endpoint(self, root: str) -> None:
-        stats = json.loads(httpx.get(f"{root}/google/_emulator/stats").text)
+    def test_tokens_come_from_the_emulator_token_endpoint(
+            self, root: str, credentials: service_account.Credentials) -> None:
+        before = json.loads(httpx.get(f"{root}/google/_emulator/stats").text)
 
-        assert stats["tokens_issued"] >= 1 and stats["service_accounts"] == 1
+        credentials.refresh(google.auth.transport.requests.Request())
+
+        stats = json.loads(httpx.get(f"{root}/google/_emulator/stats").text)
+        assert stats["tokens_issued"] == before.get("tokens_issued", 0) + 1
+        assert stats["service_accounts"] == 1
+        assert credentials.token is not None and credentials.token.startswith("ya29.")

@@ -153,7 +153,7 @@ class TestFineTunes:
             clock.advance(2)
             cancelled = ds.get_job(job.id)
 
-        assert (cancelling.status, cancelling.provider_status) == (RemoteStatus.RUNNING,
+        assert (cancelling.status, cancelling.provider_status) == (RemoteStatus.CANCELLING,
                                                                    "CANCELING")
         assert (cancelled.status, cancelled.provider_status) == (RemoteStatus.CANCELLED,
                                                                  "CANCELED")

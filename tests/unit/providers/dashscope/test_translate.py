@@ -18,7 +18,7 @@ from orchestrator.specs import JobSpec
 
 #: Every fine-tune status DashScope's docs and SDK name.
 DOCUMENTED = {"PENDING": RemoteStatus.RUNNING, "QUEUING": RemoteStatus.RUNNING,
-              "RUNNING": RemoteStatus.RUNNING, "CANCELING": RemoteStatus.RUNNING,
+              "RUNNING": RemoteStatus.RUNNING, "CANCELING": RemoteStatus.CANCELLING,
               "SUCCEEDED": RemoteStatus.SUCCEEDED, "FAILED": RemoteStatus.FAILED,
               "CANCELED": RemoteStatus.CANCELLED}
 

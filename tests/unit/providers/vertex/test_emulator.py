@@ -4,6 +4,8 @@ filters and page tokens are strict, and the tuned endpoint lives in one region."
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -30,7 +32,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 def emu(clock: Clock) -> Iterator[TestClient]:
-    with TestClient(create_app(Scenario(job_duration_s=10), clock=clock.epoch)) as client:
+    with TestClient(create_app(Scenario(job_duration_s=10), clock=clock.epoch,
+                               buckets=["bkt"])) as client:
         client.post("/_emulator/service-accounts", json=service_account_key()
                     ).raise_for_status()
         yield client
@@ -108,6 +111,42 @@ class TestTokens:
         assert emu.get(JOBS, headers={"authorization": f"Bearer {creds.token}"}
                        ).status_code == 200
 
+    def test_sts_exchanges_a_subject_token_for_a_pool_and_iam_impersonates(
+            self, emu: TestClient) -> None:
+        exchange = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                    "subject_token": "eyJ.oidc", "audience": "//iam.googleapis.com/projects/1/"
+                    "locations/global/workloadIdentityPools/p/providers/oidc",
+                    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                    "scope": "https://www.googleapis.com/auth/cloud-platform"}
+        impersonate = ("/iamcredentials/v1/projects/-/serviceAccounts/"
+                       "tuner@p-1.iam.gserviceaccount.com:generateAccessToken")
+        scope = {"scope": ["https://www.googleapis.com/auth/cloud-platform"]}
+
+        sts = emu.post("/sts/v1/token", data=exchange)
+        no_subject = emu.post("/sts/v1/token", data={**exchange, "subject_token": ""})
+        other_audience = emu.post("/sts/v1/token", data={**exchange, "audience": "x"})
+        anonymous = emu.post(impersonate, json=scope)
+        impersonated = emu.post(impersonate, json=scope, headers={
+            "authorization": f"Bearer {sts.json()['access_token']}"})
+
+        assert sts.status_code == 200 and sts.json()["access_token"].startswith("ya29.")
+        assert no_subject.status_code == other_audience.status_code == 400
+        assert no_subject.json()["error"] == "invalid_request"
+        assert anonymous.status_code == 401
+        assert impersonated.status_code == 200
+        assert impersonated.json()["expireTime"].endswith("Z")
+
+    def test_the_token_endpoint_is_under_the_fault_and_latency_knobs(
+            self, emu: TestClient) -> None:
+        emu.put("/_emulator/scenario", json=Scenario(
+            server_errors={"count": 1, "status": 503, "routes": "^/token"},
+            throttle={"count": 1, "routes": "^/token"}).model_dump())
+
+        first, second, third = token(emu), token(emu), token(emu)
+
+        assert (first.status_code, second.status_code, third.status_code) == (429, 503, 200)
+        assert first.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+
     def test_api_calls_need_an_unexpired_issued_token(self, emu: TestClient,
                                                       clock: Clock) -> None:
         headers = bearer(emu)
@@ -155,6 +194,94 @@ class TestStorage:
 
         assert gap.status_code == 400
         assert status.status_code == 308 and "range" not in status.headers
+
+
+    @pytest.mark.parametrize("given", [
+        pytest.param({"md5Hash": base64.b64encode(hashlib.md5(b"other").digest()).decode()},
+                     id="md5"),
+        pytest.param({"crc32c": base64.b64encode(b"\0\0\0\0").decode()}, id="crc32c"),
+    ])
+    def test_bytes_that_are_not_the_hash_given_are_refused_and_nothing_stored(
+            self, emu: TestClient, given: dict[str, str]) -> None:
+        headers = bearer(emu)
+        boundary = "b0undary"
+        body = (f"--{boundary}\r\ncontent-type: application/json\r\n\r\n"
+                f"{json.dumps({'name': 'h.jsonl', **given})}\r\n--{boundary}\r\n"
+                f"content-type: application/jsonl\r\n\r\nsent\r\n--{boundary}--\r\n")
+        start = emu.post("/upload/storage/v1/b/bkt/o", headers=headers,
+                         params={"uploadType": "resumable"}, json={"name": "r.jsonl", **given})
+
+        multipart = emu.post("/upload/storage/v1/b/bkt/o", headers={
+            **headers, "content-type": f"multipart/related; boundary={boundary}"},
+            params={"uploadType": "multipart"}, content=body.encode())
+        resumable = emu.put(start.headers["location"], content=b"sent",
+                            headers={**headers, "content-range": "bytes 0-3/4"})
+
+        for reply in (multipart, resumable):
+            assert reply.status_code == 400 and "doesn't match calculated" in reply.text
+        for name in ("h.jsonl", "r.jsonl"):
+            assert emu.get(f"/storage/v1/b/bkt/o/{name}", headers=headers).status_code == 404
+
+    def test_an_object_carries_its_md5_and_crc32c(self, emu: TestClient) -> None:
+        import google_crc32c
+
+        headers = bearer(emu)
+        upload(emu, headers, "c.jsonl", [LINE])
+        content = (json.dumps(LINE) + "\n").encode()
+
+        meta = emu.get("/storage/v1/b/bkt/o/c.jsonl", headers=headers).json()
+
+        assert meta["md5Hash"] == base64.b64encode(hashlib.md5(content).digest()).decode()
+        assert base64.b64decode(meta["crc32c"]) == google_crc32c.value(content).to_bytes(4, "big")
+
+    def test_buckets_must_exist_and_can_be_created(self, emu: TestClient) -> None:
+        headers = bearer(emu)
+        media = {"uploadType": "media", "name": "x.jsonl"}
+
+        missing = emu.post("/upload/storage/v1/b/nope/o", headers=headers, params=media,
+                           content=b"x")
+        created = emu.post("/storage/v1/b", headers=headers, params={"project": "p-1"},
+                           json={"name": "nope"})
+        again = emu.post("/storage/v1/b", headers=headers, params={"project": "p-1"},
+                         json={"name": "nope"})
+        stored = emu.post("/upload/storage/v1/b/nope/o", headers=headers, params=media,
+                          content=b"x")
+
+        assert missing.status_code == 404 and "bucket does not exist" in missing.text
+        assert created.status_code == 200 and again.status_code == 409
+        assert stored.status_code == 200
+        assert emu.get("/storage/v1/b/nope", headers=headers).json()["name"] == "nope"
+
+    def test_a_delete_with_a_generation_deletes_only_that_one(self, emu: TestClient) -> None:
+        headers = bearer(emu)
+        upload(emu, headers, "g.jsonl", [LINE])
+        generation = emu.get("/storage/v1/b/bkt/o/g.jsonl", headers=headers).json()["generation"]
+
+        other = emu.delete("/storage/v1/b/bkt/o/g.jsonl", headers=headers,
+                           params={"ifGenerationMatch": str(int(generation) + 1)})
+        deleted = emu.delete("/storage/v1/b/bkt/o/g.jsonl", headers=headers,
+                             params={"ifGenerationMatch": generation})
+
+        assert other.status_code == 412 and deleted.status_code == 204
+        assert emu.get("/storage/v1/b/bkt/o/g.jsonl", headers=headers).status_code == 404
+
+    def test_a_session_can_keep_part_of_a_chunk_or_expire(self, emu: TestClient) -> None:
+        headers = bearer(emu)
+        emu.put("/_emulator/scenario", json=Scenario(
+            partial_chunks=1, partial_chunk_bytes=1, expire_sessions=0).model_dump())
+        start = emu.post("/upload/storage/v1/b/bkt/o", headers=headers,
+                         params={"uploadType": "resumable"}, json={"name": "p.jsonl"})
+        session = start.headers["location"]
+
+        partial = emu.put(session, content=b"abcd",
+                          headers={**headers, "content-range": "bytes 0-3/4"})
+        emu.put("/_emulator/scenario", json=Scenario(expire_sessions=1).model_dump())
+        expired = emu.put(session, content=b"bcd",
+                          headers={**headers, "content-range": "bytes 1-3/4"})
+        gone = emu.put(session, headers={**headers, "content-range": "bytes */4"})
+
+        assert partial.status_code == 308 and partial.headers["range"] == "bytes=0-0"
+        assert expired.status_code == 410 and gone.status_code == 404
 
 
 class TestTuningJobs:
@@ -205,6 +332,44 @@ class TestTuningJobs:
         assert reply.status_code == 400
         assert reply.json()["error"]["status"] == "INVALID_ARGUMENT"
         assert words in reply.json()["error"]["message"]
+
+    @pytest.mark.parametrize(("body", "where"), [
+        pytest.param({"tunedModelName": "x"}, "'tuning_job'", id="top-level"),
+        pytest.param({"supervisedTuningSpec": {"trainingDatasetUri": "gs://bkt/t.jsonl",
+                                               "epochs": 3}},
+                     "'tuning_job.supervised_tuning_spec'", id="in-the-spec"),
+        pytest.param({"supervisedTuningSpec": {"trainingDatasetUri": "gs://bkt/t.jsonl",
+                                               "hyperParameters": {"epoch_count": 1,
+                                                                   "batchSize": 8}}},
+                     "'tuning_job.supervised_tuning_spec.hyper_parameters'",
+                     id="in-hyperparameters"),
+    ])
+    def test_an_unknown_field_is_an_unknown_name(self, emu: TestClient, body: dict[str, Any],
+                                                 where: str) -> None:
+        headers = bearer(emu)
+        upload(emu, headers, "t.jsonl", [LINE])
+
+        reply = emu.post(JOBS, headers=headers, json={
+            "baseModel": "gemini-2.5-flash",
+            "supervisedTuningSpec": {"trainingDatasetUri": "gs://bkt/t.jsonl"}, **body})
+
+        assert reply.status_code == 400
+        assert reply.json()["error"]["message"].startswith("Invalid JSON payload received. "
+                                                           "Unknown name")
+        assert where in reply.json()["error"]["message"]
+
+    def test_snake_case_field_names_are_read_like_camel_case(self, emu: TestClient) -> None:
+        """proto3 JSON takes both spellings."""
+        headers = bearer(emu)
+        upload(emu, headers, "t.jsonl", [LINE])
+
+        reply = emu.post(JOBS, headers=headers, json={
+            "base_model": "gemini-2.5-flash", "supervised_tuning_spec": {
+                "training_dataset_uri": "gs://bkt/t.jsonl",
+                "hyper_parameters": {"epoch_count": "2"}}})
+
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["supervisedTuningSpec"]["hyperParameters"]["epochCount"] == "2"
 
     def test_lists_filter_by_label_and_page_with_tokens(self, emu: TestClient) -> None:
         headers = bearer(emu)

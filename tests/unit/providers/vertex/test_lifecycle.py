@@ -15,8 +15,9 @@ from google.genai import types
 
 from orchestrator.config import Settings
 from orchestrator.datasets import validate_file
+from orchestrator.errors import SpecError
 from orchestrator.providers import registry
-from orchestrator.providers.base import JobRequest, Prompter
+from orchestrator.providers.base import JobRequest, Prompter, connect, pinned_options
 from orchestrator.providers.http import shared_client
 from orchestrator.providers.vertex import auth
 from orchestrator.providers.vertex.emulator import Scenario
@@ -105,6 +106,8 @@ class TestEndToEnd:
                                                            tmp_path: Path) -> None:
         options = {"project": "acme-tuning", "location": "europe-west4", "bucket": "acme-data",
                    "prefix": "ft/"}
+        pump.settings = pump.settings.model_copy(update={
+            "vertex_projects": ["acme-tuning"], "gcs_buckets": ["acme-data"]})
         with in_process_emulator(clock, google=Scenario(job_duration_s=2)):
             done = pump.until_settled(pump.submit(make_vertex_spec(
                 tmp_path, provider_options=options)).id)
@@ -129,6 +132,52 @@ class TestEndToEnd:
         assert counted["tokens_issued"] >= 3 and counted["tokens_refused"] >= 2
         assert all(t.to_state != "failed" for t in pump.history(done.id))
         assert done.last_error is None, done.last_error
+
+
+class TestWhere:
+    @pytest.mark.parametrize(("options", "setting"), [
+        pytest.param({"project": "someone-else"}, "TUNECTL_VERTEX_PROJECTS", id="project"),
+        pytest.param({"bucket": "someone-elses"}, "TUNECTL_GCS_BUCKETS", id="bucket"),
+    ])
+    def test_a_spec_may_name_only_a_project_or_bucket_the_operator_allows(
+            self, pump: Pump, tmp_path: Path, options: dict[str, str], setting: str) -> None:
+        with pytest.raises(SpecError, match=setting) as refused:
+            pump.submit(make_vertex_spec(tmp_path, provider_options=options))
+        allowed = pump.settings.model_copy(update={"vertex_projects": ["someone-else"],
+                                                   "gcs_buckets": ["someone-elses"]})
+        plugin = registry.get("vertex")
+
+        assert "\n" not in str(refused.value)
+        assert pinned_options(plugin, allowed, options, "s.yaml")[next(iter(options))] == \
+            next(iter(options.values()))
+        assert pinned_options(plugin, pump.settings, {"bucket": "tunectl-test-data"}, "s.yaml")
+
+    def test_a_job_stays_where_it_was_submitted_when_settings_change(
+            self, pump: Pump, clock: Clock, tmp_path: Path) -> None:
+        """A retried submit looks for its tuning job where the first attempt made it, and
+        every later call goes there too."""
+        with in_process_emulator(clock, google=Scenario(job_duration_s=5)) as emulator:
+            job = pump.submit(make_vertex_spec(tmp_path))
+            pump.scheduler().tick()
+            pump.run_sent(limit=2)  # validate, upload: the job is now submitting
+            uploaded = pump.job(job.id)
+            client = connect(registry.get("vertex"), pump.settings, shared_client(pump.settings),
+                             uploaded.spec["provider_options"])
+            earlier = client.create_job(JobRequest(
+                job_id=job.id, base_model="gemini-2.5-flash", method="sft",
+                training_file_id=str(uploaded.training_file_id), validation_file_id=None,
+                hyperparameters={}, suffix=None, labels={}))
+            pump.settings = pump.settings.model_copy(update={
+                "vertex_location": "europe-west4", "gcs_bucket": "other-bucket",
+                "gcs_prefix": "elsewhere/"})
+            done = pump.until_settled(job.id)
+            counted = stats(emulator)
+
+        assert uploaded.spec["provider_options"] == {
+            "location": "us-central1", "bucket": "tunectl-test-data", "prefix": "tunectl/"}
+        assert done.state == "succeeded" and done.provider_job_id == earlier.id
+        assert counted["tuning_jobs"] == 1
+        assert done.result["model_ref"]["vertex_location"] == "us-central1"
 
 
 class TestIdempotency:
@@ -185,6 +234,10 @@ class TestStopping:
         assert done.state == "cancelled"
         assert done.provider_status == "JOB_STATE_CANCELLED"
         assert counted["jobs_by_state"] == {"JOB_STATE_CANCELLED": 1}
+        # Polled while CANCELLING (for 10 s, every 5 s), it was asked to cancel only once.
+        assert counted["requests"][
+            "POST /{version}/projects/{project}/locations/{location}/tuningJobs/{job_id}:cancel"
+        ] == 1
 
     @pytest.mark.parametrize(("failure", "reason"), [
         pytest.param(Failure(), "INVALID_ARGUMENT: Dataset validation failed.", id="failed"),

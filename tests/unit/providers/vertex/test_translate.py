@@ -4,6 +4,7 @@ bodies, TuningJob JSON → RemoteJob and model_ref, and Google error bodies."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from orchestrator.providers.vertex import translate
 from orchestrator.specs import JobSpec
 
 SPECS = Path(__file__).resolve().parents[4].parent / "shared" / "specs" / "vertex"
-ENDPOINT = "projects/p-123/locations/europe-west4/endpoints/4965075652664360960"
+ENDPOINT = "projects/proj-123/locations/europe-west4/endpoints/4965075652664360960"
 
 
 def proto_enum(file: str, name: str) -> list[str]:
@@ -49,7 +50,8 @@ class TestStatusTable:
         pytest.param("JOB_STATE_PARTIALLY_SUCCEEDED", RemoteStatus.FAILED,
                      id="partially-succeeded-fails"),
         pytest.param("JOB_STATE_PAUSED", RemoteStatus.RUNNING, id="paused-is-still-live"),
-        pytest.param("JOB_STATE_CANCELLING", RemoteStatus.RUNNING, id="cancelling-is-live"),
+        pytest.param("JOB_STATE_CANCELLING", RemoteStatus.CANCELLING,
+                     id="cancelling-is-live-and-accepted-its-cancel"),
         pytest.param("JOB_STATE_CANCELLED", RemoteStatus.CANCELLED, id="cancelled"),
         pytest.param("JOB_STATE_SOMETHING_NEW", RemoteStatus.RUNNING, id="unknown-is-running"),
     ])
@@ -139,11 +141,32 @@ class TestRequests:
             f"/storage/v1/b/bkt/o/a%2Ftunectl-{sha}.jsonl"
         assert translate.split_uri("gs://bkt/a/x.jsonl") == ("bkt", "a/x.jsonl")
 
-    @pytest.mark.parametrize("name", ["projects/p/locations/l/tuningJobs/1/../x",
-                                      "https://evil/x", "projects/p/locations/l/endpoints/1"])
-    def test_only_tuning_job_names_become_paths(self, name: str) -> None:
+    @pytest.mark.parametrize("name", [
+        "projects/proj-1234/locations/us-central1/tuningJobs/1/../x", "https://evil/x",
+        "projects/proj-1234/locations/us-central1/endpoints/1",
+        "projects/proj-1234/locations/evil.example#/tuningJobs/1",
+        "projects/proj-1234/locations/us-central1/tuningJobs/1\n"])
+    def test_only_tuning_job_names_give_a_location(self, name: str) -> None:
         with pytest.raises(ValueError):
-            translate.job_path(name)
+            translate.job_location(name)
+
+    def test_a_tuning_job_is_asked_about_where_its_name_says(self) -> None:
+        name = "projects/123456789/locations/europe-west4/tuningJobs/77"
+
+        assert translate.job_location(name) == "europe-west4"
+
+    @pytest.mark.parametrize("location", ["evil.example#", "evil.example/x", "us-central1\n",
+                                          "us-central1.evil.example", ""])
+    def test_no_host_is_built_from_anything_but_a_location(self, location: str) -> None:
+        """The bearer token goes to the host the location names."""
+        endpoint = f"projects/proj-1234/locations/{location}/endpoints/1"
+
+        with pytest.raises(ValueError):
+            translate.base_url(location)
+        with pytest.raises(ValueError):
+            translate.endpoint_location(endpoint)
+        with pytest.raises(SpecError):
+            translate.check_options({"location": location}, "s.yaml")
 
     @pytest.mark.parametrize(("location", "base"), [
         ("us-central1", "https://us-central1-aiplatform.googleapis.com"),
@@ -154,33 +177,55 @@ class TestRequests:
         assert translate.base_url(location) == base
 
 
+NOW = datetime(2026, 8, 1, 12, 0, tzinfo=UTC)
+
+
 def job(state: str, **extra: Any) -> dict[str, Any]:
-    return {"name": "projects/p-123/locations/europe-west4/tuningJobs/77", "state": state,
+    return {"name": "projects/proj-123/locations/europe-west4/tuningJobs/77", "state": state,
             "baseModel": "gemini-2.5-flash", **extra}
 
 
 class TestResponses:
     def test_a_succeeded_job_hands_over_a_litellm_model_ref(self) -> None:
         remote = translate.remote_job(job(
-            "JOB_STATE_SUCCEEDED", tunedModel={"model": "projects/p-123/locations/"
+            "JOB_STATE_SUCCEEDED", tunedModel={"model": "projects/proj-123/locations/"
                                                         "europe-west4/models/9@1",
                                                "endpoint": ENDPOINT},
-            tuningDataStats={"supervisedTuningDataStats": {"tuningDatasetExampleCount": "500"}}))
+            tuningDataStats={"supervisedTuningDataStats": {"tuningDatasetExampleCount": "500"}}),
+            NOW)
 
         assert remote.status is RemoteStatus.SUCCEEDED
-        assert remote.fine_tuned_model == "projects/p-123/locations/europe-west4/models/9@1"
+        assert remote.fine_tuned_model == "projects/proj-123/locations/europe-west4/models/9@1"
         assert remote.model_ref == {
             "provider": "vertex", "model": "vertex_ai/gemini/4965075652664360960",
-            "base_model": "vertex_ai/gemini-2.5-flash", "vertex_project": "p-123",
+            "base_model": "vertex_ai/gemini-2.5-flash", "vertex_project": "proj-123",
             "vertex_location": "europe-west4", "endpoint": ENDPOINT}
         assert remote.result["endpoint"] == ENDPOINT
         assert remote.result["tuningDatasetExampleCount"] == 500
 
     def test_a_succeeded_job_without_its_endpoint_yet_is_still_running(self) -> None:
-        remote = translate.remote_job(job("JOB_STATE_SUCCEEDED"))
+        remote = translate.remote_job(job("JOB_STATE_SUCCEEDED",
+                                          endTime="2026-08-01T11:30:00Z"), NOW)
 
         assert remote.status is RemoteStatus.RUNNING
         assert remote.model_ref is None
+
+    @pytest.mark.parametrize("extra", [
+        pytest.param({"endTime": "2026-08-01T10:59:00Z"}, id="ended-over-an-hour-ago"),
+        pytest.param({}, id="no-end-time"),
+        pytest.param({"endTime": "2026-08-01T11:59:00Z", "tunedModel": {
+            "endpoint": "projects/proj-123/locations/evil.example#/endpoints/1"}},
+            id="an-endpoint-that-is-no-endpoint-name"),
+    ])
+    def test_a_succeeded_job_that_never_names_its_endpoint_fails(
+            self, extra: dict[str, Any]) -> None:
+        """Else it would be polled for ever."""
+        remote = translate.remote_job(job("JOB_STATE_SUCCEEDED", **extra),
+                                      NOW + timedelta(hours=1) if "tunedModel" in extra
+                                      else NOW)
+
+        assert remote.status is RemoteStatus.FAILED and remote.model_ref is None
+        assert remote.error is not None and "named no endpoint" in remote.error
 
     @pytest.mark.parametrize(("state", "error", "reason"), [
         pytest.param("JOB_STATE_FAILED", {"code": 3, "message": "Dataset is invalid."},
@@ -193,7 +238,7 @@ class TestResponses:
                      "Vertex reported the tuning job failed without a reason", id="no-reason"),
     ])
     def test_failures_say_why_in_one_line(self, state: str, error: Any, reason: str) -> None:
-        remote = translate.remote_job(job(state, **({"error": error} if error else {})))
+        remote = translate.remote_job(job(state, **({"error": error} if error else {})), NOW)
 
         assert remote.status is RemoteStatus.FAILED
         assert remote.error == reason
@@ -225,6 +270,30 @@ class TestErrors:
 
         assert info.message == f"{google}: m"
         assert isinstance(classify(reply, provider="vertex", operation="x", info=info), cls)
+
+    def test_retry_info_says_how_long_to_wait(self) -> None:
+        reply = response(429, {"error": {"code": 429, "message": "m", "status":
+                                         "RESOURCE_EXHAUSTED", "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMIT"},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "42.5s"}]}})
+
+        error = classify(reply, provider="vertex", operation="x",
+                         info=translate.describe_error(reply))
+
+        assert isinstance(error, RateLimited) and error.retry_after == 42.5
+
+    @pytest.mark.parametrize("body", [
+        pytest.param({"error": {"code": 501, "message": "m", "status": "UNIMPLEMENTED"}},
+                     id="google-shape"),
+        pytest.param("Not Implemented", id="no-body"),
+    ])
+    def test_unimplemented_is_permanent(self, body: Any) -> None:
+        reply = response(501, body)
+
+        error = classify(reply, provider="vertex", operation="x",
+                         info=translate.describe_error(reply))
+
+        assert isinstance(error, ProviderRejected) and not error.retryable
 
     def test_cloud_storage_errors_without_a_status_still_read(self) -> None:
         reply = response(404, {"error": {"code": 404, "message": "No such object: b/o",
