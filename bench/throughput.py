@@ -46,13 +46,13 @@ from _support import (
     DEFAULT_PG_ADMIN_URL,
     VENV_BIN,
     Child,
-    free_port,
     run_in_temp_dir,
     stack_urls,
     tunectl_argv,
-    wait_http,
     write_spec,
 )
+
+from orchestrator.loopback import free_port, wait_http
 
 TASK_LINE = re.compile(r"Task (tunectl\.step\.\w+)\[[^\]]+\] (succeeded|raised|failed|retry)"
                        r"(?: in ([0-9.e-]+)s)?")

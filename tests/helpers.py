@@ -254,15 +254,14 @@ def claim_deliveries(engine: sa.Engine, now: datetime, lease_s: float = 60) -> t
 @contextmanager
 def serve_in_thread(app: Any) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port; yield its base URL."""
-    import socket
     import threading
     import time
 
     import uvicorn
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from orchestrator.loopback import free_port
+
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", ws="none", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -15,7 +15,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from orchestrator import jobs as job_ops
 from orchestrator.blobs import BlobStore
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Job
+from orchestrator.loopback import free_port
 from orchestrator.specs import load_spec
 from tests.conftest import API_KEY, REDIS_URL
 from tests.helpers import service_account_file, service_account_key
@@ -49,13 +49,6 @@ FAST = {
     "TUNECTL_RETRY_CAP_S": "5",
     "TUNECTL_MAX_ATTEMPTS": "20",
 }
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tunectl_argv(*args: str) -> list[str]:

@@ -21,9 +21,10 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.config import get_settings
+from orchestrator.loopback import free_port
 from orchestrator.notify.receiver import Receiver
 from tests.conftest import STACK
-from tests.e2e.processes import Stack, free_port, wait_until
+from tests.e2e.processes import Stack, wait_until
 from tests.helpers import OTHER_SECRET, SECRET, write_dataset
 
 WEBHOOK_ENV = {

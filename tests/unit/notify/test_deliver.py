@@ -15,6 +15,7 @@ from orchestrator.config import Settings
 from orchestrator.db import webhooks as rows
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import WebhookAttempt, WebhookDelivery
+from orchestrator.loopback import free_port
 from orchestrator.notify import deliver
 from orchestrator.notify.receiver import Received, Receiver
 from tests.helpers import (
@@ -25,7 +26,6 @@ from tests.helpers import (
     claim_deliveries,
     hooked_job,
 )
-from tests.unit.notify.test_ssrf import free_port
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.1/32")]
 

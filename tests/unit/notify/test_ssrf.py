@@ -19,12 +19,6 @@ from tests.helpers import SECRET, Clock, claim_deliveries, hooked_job
 PUBLIC = "93.184.215.14"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 #: (URL, what the resolver answers for its host; None: the system resolver).
 REFUSED = [
     pytest.param("http://127.0.0.1/", None, id="loopback"),
