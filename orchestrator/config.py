@@ -3,8 +3,10 @@
 Every setting has the env prefix ``TUNECTL_`` except provider credentials, which use the
 variables each provider's own tools read (``OPENAI_API_KEY`` …). A credential may also be
 given as a file: ``<NAME>_FILE`` holding the path (Docker and Kubernetes secrets). Webhook
-signing secrets are read the same way, under the names job specs and ``TUNECTL_WEBHOOKS``
-give them.
+signing secrets are read the same way, under the names ``TUNECTL_WEBHOOKS`` and job specs
+give them; a job spec may name only those its project was given
+(``TUNECTL_WEBHOOK_PROJECT_SECRETS``), and nothing tunectl reads a setting or a credential
+from ever signs a webhook.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import base64
 import binascii
 import math
 import os
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     AliasChoices,
@@ -39,6 +41,10 @@ DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 3
 DEFAULT_WEBHOOK_SECRET = "TUNECTL_WEBHOOK_SECRET"
 _SECRET_HELP = ("whsec_ followed by the base64 of 24 to 64 random bytes (several separated "
                 "by spaces while a secret is rotated)")
+#: A project's name (jobs.project).
+ProjectName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")]
+#: The name of a webhook signing secret: an environment variable (or ``<NAME>_FILE``).
+SecretName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
 
 def default_data_dir() -> Path:
@@ -55,7 +61,7 @@ class ApiToken(BaseModel):
     #: Who holds it (shown in logs, never the token).
     name: str = Field(min_length=1, max_length=64)
     #: The project whose jobs it sees and submits.
-    project: str = Field(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+    project: ProjectName
     #: Hex SHA-256 of the token (`tunectl api token` prints both).
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     #: Operator token: also sees and cancels every project's jobs, and reads /metrics.
@@ -131,7 +137,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     #: The project of jobs submitted with the local CLI (API jobs take their token's).
-    default_project: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+    default_project: ProjectName = "default"
     #: Where datasets are stored for every machine: empty for the local blob directory, or
     #: an fsspec URL (s3://bucket/prefix, gs://bucket/prefix); then the local directory is a
     #: cache of it.
@@ -157,6 +163,10 @@ class Settings(BaseSettings):
     #: Endpoints told about every job, besides each spec's ``notify``: a JSON list of
     #: ``{"url", "secret", "events"}``.
     webhooks: list[NotifyTarget] = Field(default_factory=list)
+    #: The signing secrets each project's job specs may name, as JSON: ``{"support":
+    #: ["SUPPORT_WEBHOOK_SECRET"]}``. A project not listed may name none, and a spec
+    #: target without a secret uses TUNECTL_WEBHOOK_SECRET only where it is listed.
+    webhook_project_secrets: dict[ProjectName, list[SecretName]] = Field(default_factory=dict)
     #: Seconds before each attempt of a webhook (the first counts from the event), each
     #: jittered by ±20 %; after the last attempt fails the event is dead.
     webhook_retry_schedule_s: list[float] = Field(
@@ -201,6 +211,15 @@ class Settings(BaseSettings):
                              "30 days in seconds")
         if self.webhook_timeout_s <= 0:
             raise ValueError("webhook_timeout_s must be positive")
+        named = [(f"webhook_project_secrets.{project}", name)
+                 for project, names in self.webhook_project_secrets.items() for name in names]
+        named += [(f"webhooks.{i}.secret", target.secret or DEFAULT_WEBHOOK_SECRET)
+                  for i, target in enumerate(self.webhooks)]
+        for where, name in named:
+            if _reserved(name):
+                raise ValueError(f"{where}: {name} holds a tunectl setting or a provider "
+                                 "credential, never a webhook signing secret; give webhooks "
+                                 "a secret of their own")
         return self
 
     @property
@@ -232,24 +251,67 @@ class Settings(BaseSettings):
             return found
         return value.get_secret_value()
 
-    def webhook_secrets(self, name: str) -> list[str]:
+    def webhook_secrets(self, name: str, *, project: str | None = None) -> list[str]:
         """The signing secrets called ``name``: the environment variable, or the file named
         by ``<name>_FILE``. Each one signs every webhook, so that receivers can move from an
         old secret to a new one.
 
+        With ``project`` (a job spec's target), only a name the operator gave that project
+        is read, and one it was not given reads exactly as one that is not set: a spec learns
+        nothing about the environment. Without (``TUNECTL_WEBHOOKS``), any name but those of
+        tunectl's settings and the provider credentials.
+
         Raises:
-            MissingCredential: not set, unreadable, or not Standard Webhooks secrets.
+            MissingCredential: not set (for the project), unreadable, or not Standard
+                Webhooks secrets.
         """
-        raw = os.environ.get(name)
-        if raw is None:
-            raw = _from_file(name)
-        if raw is None:
-            raise MissingCredential(f"webhook secret {name} is not set; export it or set "
-                                    f"{name}_FILE to a file holding {_SECRET_HELP}")
+        if project is not None:
+            allowed = name in self.webhook_project_secrets.get(project, ())
+            raw = _read_secret(name) if allowed and not _reserved(name) else None
+            if raw is None:
+                raise MissingCredential(
+                    f"webhook secret {name} is not set for project {project}; the operator sets "
+                    f"it (or {name}_FILE) and lists it for the project in "
+                    "TUNECTL_WEBHOOK_PROJECT_SECRETS")
+        elif _reserved(name):
+            raise MissingCredential(f"webhook secret {name} holds a tunectl setting or a "
+                                    "provider credential, never a webhook signing secret")
+        else:
+            raw = _read_secret(name)
+            if raw is None:
+                raise MissingCredential(f"webhook secret {name} is not set; export it or set "
+                                        f"{name}_FILE to a file holding {_SECRET_HELP}")
         secrets = raw.split()
         if not secrets or not all(_is_whsec(s) for s in secrets):
             raise MissingCredential(f"webhook secret {name} must be {_SECRET_HELP}")
         return secrets
+
+
+def _read_secret(name: str) -> str | None:
+    """The environment variable ``name``, else the file ``<name>_FILE`` names."""
+    raw = os.environ.get(name)
+    return _from_file(name) if raw is None else raw
+
+
+@cache
+def _reserved_names() -> frozenset[str]:
+    """Every environment variable a setting or credential is read from (``TUNECTL_*`` and
+    the providers' own names, ``OPENAI_WEBHOOK_SECRET`` among them), in upper case: the
+    settings read them whatever their case."""
+    names: set[str] = set()
+    for field_name, info in Settings.model_fields.items():
+        names.add(f"TUNECTL_{field_name}".upper())
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices)
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+    return frozenset(names)
+
+
+def _reserved(name: str) -> bool:
+    """Whether ``name`` holds a setting or a credential (so it never signs a webhook)."""
+    return name.upper() in _reserved_names()
 
 
 def _from_file(env: str) -> str | None:

@@ -99,7 +99,7 @@ def submit(engine: sa.Engine, blobs: BlobStore, spec: JobSpec, *, source: str,
     stored; then the job and its first history row are inserted in one transaction.
     """
     checked_plugin(spec, source)
-    outbox.check_targets(spec.notify, get_settings(), source)
+    outbox.check_targets(spec.notify, get_settings(), source, project)
     if datasets is None:
         datasets = Datasets(blobs.put_file(spec.training_file),
                             blobs.put_file(spec.validation_file) if spec.validation_file

@@ -19,6 +19,7 @@ from orchestrator.db.models import (
     ATTEMPTS,
     DELIVERIES,
     ENDPOINTS,
+    JOBS,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
@@ -145,6 +146,12 @@ def attempts(session: Session, delivery_id: str) -> list[WebhookAttempt]:
     return list(session.exec(select(WebhookAttempt)
                              .where(col(WebhookAttempt.delivery_id) == delivery_id)
                              .order_by(col(WebhookAttempt.attempt))))
+
+
+def job_project(db: DB, job_id: str) -> str:
+    """The project of a delivery's job."""
+    return str(connection(db).execute(
+        sa.select(JOBS.c.project).where(JOBS.c.id == job_id)).scalar_one())
 
 
 def endpoints(session: Session) -> list[WebhookEndpoint]:

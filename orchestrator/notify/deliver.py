@@ -112,6 +112,9 @@ def run(delivery_id: str, lease: str, *, settings: Settings, engine: sa.Engine,
         delivery = queries.take_up_delivery(conn, delivery_id, lease=lease, now=now(),
                                             lease_s=settings.webhook_lease_s)
         endpoint = rows.endpoint(conn, delivery.endpoint_id) if delivery else None
+        # A job spec's target may sign only with the secrets its project was given.
+        project = rows.job_project(conn, delivery.job_id) \
+            if delivery and delivery.source == "spec" else None
     if delivery is None or endpoint is None:
         log.info("webhook.skipped", delivery_id=delivery_id,
                  why="lease not held, lapsed, or delivered (duplicate or stale message)")
@@ -129,13 +132,13 @@ def run(delivery_id: str, lease: str, *, settings: Settings, engine: sa.Engine,
                              attempted=endpoint.state != "disabled")
             log.warning("webhook.dead", why=reason, attempts=delivery.attempts)
             return "dead"
-        attempt, answer = _attempt(delivery, endpoint.url, settings, resolver,
+        attempt, answer = _attempt(delivery, endpoint.url, project, settings, resolver,
                                    client or webhook_client(settings), now)
         return _record(engine, delivery, lease, attempt, answer, limit, settings)
 
 
-def _attempt(delivery: WebhookDelivery, url: str, settings: Settings, resolver: ssrf.Resolver,
-             client: httpx.Client, now: Callable[[], datetime]
+def _attempt(delivery: WebhookDelivery, url: str, project: str | None, settings: Settings,
+             resolver: ssrf.Resolver, client: httpx.Client, now: Callable[[], datetime]
              ) -> tuple[rows.Attempt, Response | None]:
     """Sign, check and send; never raises for what an endpoint or the network does."""
     started = now()
@@ -146,7 +149,7 @@ def _attempt(delivery: WebhookDelivery, url: str, settings: Settings, resolver: 
                             latency_ms, error, answer.snippet if answer else None), answer
 
     try:
-        secrets = settings.webhook_secrets(delivery.secret_name)
+        secrets = settings.webhook_secrets(delivery.secret_name, project=project)
         destination = ssrf.resolve(url, settings.webhook_allow_networks, resolver)
     except (MissingCredential, DestinationRefused) as exc:
         return done("refused", f"not sent: {exc}")

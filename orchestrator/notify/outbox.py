@@ -75,9 +75,11 @@ def event_type(events: Sequence[str], kinds: Sequence[str], target: State) -> st
     return None
 
 
-def check_targets(targets: Sequence[NotifyTarget], settings: Settings, source: str) -> None:
-    """Refuse, when a job is submitted, a target that could never be delivered: a URL the
-    SSRF guard refuses without looking up its host, or a signing secret that is not set.
+def check_targets(targets: Sequence[NotifyTarget], settings: Settings, source: str,
+                  project: str) -> None:
+    """Refuse, when a job is submitted to ``project``, a target that could never be
+    delivered: a URL the SSRF guard refuses without looking up its host, or a signing
+    secret that is not set for the project.
 
     Raises:
         SpecError: naming the target's field.
@@ -88,7 +90,7 @@ def check_targets(targets: Sequence[NotifyTarget], settings: Settings, source: s
         except DestinationRefused as exc:
             raise SpecError(source, f"notify.{i}.url", str(exc)) from None
         try:
-            settings.webhook_secrets(target.secret or DEFAULT_WEBHOOK_SECRET)
+            settings.webhook_secrets(target.secret or DEFAULT_WEBHOOK_SECRET, project=project)
         except MissingCredential as exc:
             raise SpecError(source, f"notify.{i}.secret", str(exc)) from None
 
@@ -150,7 +152,8 @@ def payload(job: sa.Row[Any], kind: str, change: Change) -> str:
         "timestamp": change.at.isoformat(),
         "data": {
             "job": {
-                "id": job.id, "name": job.name, "provider": job.provider,
+                "id": job.id, "project": job.project, "name": job.name,
+                "provider": job.provider,
                 "base_model": job.base_model, "method": job.method, "state": job.state,
                 "provider_status": job.provider_status,
                 "provider_job_id": job.provider_job_id,

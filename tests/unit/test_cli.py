@@ -257,6 +257,7 @@ class TestWebhookCommands:
         from tests.helpers import SECRET
 
         monkeypatch.setenv("CLI_WEBHOOK_SECRET", SECRET)
+        monkeypatch.setenv("TUNECTL_WEBHOOK_PROJECT_SECRETS", '{"default": ["CLI_WEBHOOK_SECRET"]}')
         tunectl(capsys, "db", "upgrade")
         job_id = json.loads(tunectl(capsys, "submit", str(spec_file(tmp_path, HOOKED_SPEC)),
                                     "--json")[1])["id"]

@@ -14,7 +14,9 @@ from openai import OpenAI
 from orchestrator.config import Settings
 from orchestrator.db import webhooks as rows
 from orchestrator.db.engine import session_scope
-from orchestrator.db.models import WebhookAttempt, WebhookDelivery
+from orchestrator.db.models import Job, WebhookAttempt, WebhookDelivery
+from orchestrator.db.transition import insert_job
+from orchestrator.db.types import new_id
 from orchestrator.loopback import free_port
 from orchestrator.notify import deliver
 from orchestrator.notify.receiver import Received, Receiver
@@ -48,11 +50,10 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def hook_settings(settings: Settings, configure: Callable[..., None]) -> Settings:
-    configure()
-    return settings.model_copy(update={"webhook_allow_networks": LOOPBACK,
-                                       "webhook_retry_schedule_s": [0.0, 10.0, 100.0],
-                                       "webhook_timeout_s": 5.0})
+def hook_settings(hook_settings: Settings) -> Settings:
+    return hook_settings.model_copy(update={"webhook_allow_networks": LOOPBACK,
+                                            "webhook_retry_schedule_s": [0.0, 10.0, 100.0],
+                                            "webhook_timeout_s": 5.0})
 
 
 @pytest.fixture
@@ -221,7 +222,38 @@ class TestRefused:
 
         _, [attempt] = state(engine, delivery_id)
         assert attempt.outcome == "refused" and receiver.received == []
-        assert attempt.error == ("not sent: webhook secret NOT_SET_ANYWHERE is not set; export "
-                                 "it or set NOT_SET_ANYWHERE_FILE to a file holding whsec_ "
-                                 "followed by the base64 of 24 to 64 random bytes (several "
-                                 "separated by spaces while a secret is rotated)")
+        assert attempt.error == ("not sent: webhook secret NOT_SET_ANYWHERE is not set for "
+                                 "project default; the operator sets it (or "
+                                 "NOT_SET_ANYWHERE_FILE) and lists it for the project in "
+                                 "TUNECTL_WEBHOOK_PROJECT_SECRETS")
+
+    def test_a_job_signs_only_with_a_secret_its_project_was_given(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock,
+            receiver: Receiver) -> None:
+        """Project other's job names the default project's secret (set on the worker): it
+        is refused as if it were not set, so its receiver never gets a request signed with
+        another project's secret."""
+        delivery_id = hooked_job(engine, receiver.url, clock(), project="other")
+
+        assert attempt_due(engine, hook_settings, clock)[0].startswith("retry in")
+
+        _, [attempt] = state(engine, delivery_id)
+        assert attempt.outcome == "refused" and receiver.received == []
+        assert attempt.error == (f"not sent: webhook secret {SECRET_NAME} is not set for "
+                                 f"project other; the operator sets it (or {SECRET_NAME}_FILE) "
+                                 "and lists it for the project in "
+                                 "TUNECTL_WEBHOOK_PROJECT_SECRETS")
+
+    def test_a_configured_endpoint_signs_with_its_operator_named_secret_for_every_project(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock,
+            configure: Callable[..., None], receiver: Receiver) -> None:
+        configure(TUNECTL_WEBHOOKS=[{"url": receiver.url, "secret": SECRET_NAME,
+                                     "events": ["all"]}])
+        with session_scope(engine) as session:
+            insert_job(session, Job(id=new_id("job"), project="other", name="j",
+                                    provider="openai", base_model="m", method="sft", spec={},
+                                    spec_sha256="0" * 64, training_blob="0" * 64),
+                       reason="test", now=clock())
+
+        assert attempt_due(engine, hook_settings, clock) == ["delivered"]
+        assert receiver.received[0].payload["data"]["job"]["project"] == "other"
