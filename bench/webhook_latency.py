@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]
         TUNECTL_LOG_LEVEL=args.log_level,
         TUNECTL_WEBHOOKS=json.dumps([{"url": receiver.url, "events": ["succeeded"]}]),
         TUNECTL_WEBHOOK_SECRET=receiver_secret,
-        TUNECTL_WEBHOOK_ALLOW_NETWORKS='["127.0.0.1/32"]',
+        TUNECTL_WEBHOOK_ALLOW_NETWORKS=json.dumps([f"127.0.0.1:{receiver.port}"]),
         OPENAI_WEBHOOK_SECRET=openai_secret,
     )
     os.environ.update({k: v for k, v in env.items() if k.startswith(("TUNECTL_", "OPENAI_"))})

@@ -24,13 +24,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyNetwork,
+    PlainValidator,
     SecretStr,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import MissingCredential
+from orchestrator.notify.ssrf import AllowedNetwork
 from orchestrator.specs import NotifyTarget
 
 #: A step may run for this share of its job's lease (Celery's task_time_limit is set from it).
@@ -172,9 +173,10 @@ class Settings(BaseSettings):
     webhook_retry_schedule_s: list[float] = Field(
         default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S))
     webhook_timeout_s: float = 15.0
-    #: Networks webhooks may reach although the SSRF guard refuses them (a development
-    #: receiver on loopback: ``["127.0.0.1/32"]``).
-    webhook_allow_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: Networks webhooks may reach although the SSRF guard refuses them, each on every
+    #: port or on one (a development receiver on loopback: ``["127.0.0.1:9000"]``).
+    webhook_allow_networks: list[Annotated[AllowedNetwork, PlainValidator(
+        AllowedNetwork.parse)]] = Field(default_factory=list)
     #: The secret OpenAI signs its webhooks with (``POST /webhooks/openai``).
     openai_webhook_secret: SecretStr | None = Field(
         default=None,

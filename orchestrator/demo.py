@@ -90,7 +90,7 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
                # only because the allow-list names it.
                TUNECTL_WEBHOOKS=json.dumps([{"url": receiver.url, "events": EVENTS}]),
                TUNECTL_WEBHOOK_SECRET=receiver_secret,
-               TUNECTL_WEBHOOK_ALLOW_NETWORKS='["127.0.0.1/32"]',
+               TUNECTL_WEBHOOK_ALLOW_NETWORKS=json.dumps([f"127.0.0.1:{receiver.port}"]),
                OPENAI_WEBHOOK_SECRET=openai_secret)
     google = f"http://127.0.0.1:{port}/google"
     key_file = home / "google-service-account.json"

@@ -5,7 +5,9 @@ The scheduler claims due deliveries from the database and sends one message each
 does for job steps; the events of a step's own transition are sent as soon as it commits.
 An attempt signs the stored payload with the current time and every secret of its name,
 resolves the endpoint through the SSRF guard and sends it to the checked address without
-following redirects, then records the attempt:
+following redirects, all within one deadline (``webhook_timeout_s``, the lookup included:
+httpx's own timeouts bound each read, not the whole, so an endpoint dripping its answer
+would otherwise hold the worker), then records the attempt:
 
 - 2xx: delivered.
 - 410 Gone: the endpoint is disabled (until ``tunectl webhooks enable URL``), the event dead.
@@ -17,12 +19,16 @@ following redirects, then records the attempt:
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -54,19 +60,25 @@ _client: httpx.Client | None = None
 _client_lock = threading.Lock()
 
 
+def new_client(settings: Settings, verify: ssl.SSLContext | bool = True) -> httpx.Client:
+    """A client for webhooks: no redirects, no proxy settings from the environment, no
+    kept-alive connections (each attempt connects to the address the SSRF guard just
+    checked), and answers taken as they are sent (``accept-encoding: identity``; the
+    snippet is read raw, never decompressed)."""
+    return httpx.Client(
+        timeout=httpx.Timeout(settings.webhook_timeout_s), verify=verify,
+        follow_redirects=False, trust_env=False,
+        limits=httpx.Limits(max_connections=50, max_keepalive_connections=0),
+        headers={"user-agent": f"tunectl-webhooks/{__version__}",
+                 "accept-encoding": "identity"})
+
+
 def webhook_client(settings: Settings) -> httpx.Client:
-    """The process's client for webhooks: no redirects, no proxy settings from the
-    environment, no kept-alive connections (each attempt connects to the address the SSRF
-    guard just checked)."""
+    """The process's client for webhooks (``new_client``)."""
     global _client
     with _client_lock:
         if _client is None:
-            timeout = settings.webhook_timeout_s
-            _client = httpx.Client(
-                timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                follow_redirects=False, trust_env=False,
-                limits=httpx.Limits(max_connections=50, max_keepalive_connections=0),
-                headers={"user-agent": f"tunectl-webhooks/{__version__}"})
+            _client = new_client(settings)
         return _client
 
 
@@ -89,17 +101,78 @@ class Response:
     retry_after: float | None
 
 
+class Deadline:
+    """The time an attempt has left; once it passes, the attempt's connection is shut
+    down (from a timer thread), so that whatever read or write is under way ends."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def left(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's ``trace`` extension: note the connection's socket as it is made
+        (and again once TLS wraps it)."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            with self._lock:
+                self._sock = info["return_value"].get_extra_info("socket")
+                if self.expired:
+                    self._shut()
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        """Shut the connection down if the deadline passes within the block."""
+        timer = threading.Timer(self.left(), self._expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shut()
+
+    def _shut(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+
 def post(client: httpx.Client, destination: ssrf.Destination, headers: dict[str, str],
-         body: bytes) -> Response:
+         body: bytes, deadline: Deadline) -> Response:
     """POST ``body`` to the checked address, naming the URL's host in the Host header and
     to TLS (SNI and the certificate check), and keep the start of the answer: its first
-    chunk only, so that an endpoint dripping its body cannot hold the attempt."""
+    chunk, as sent, so that an endpoint dripping or compressing its body cannot hold the
+    attempt or fill memory.
+
+    Raises:
+        httpx.TimeoutException: the deadline passed (or one phase timed out).
+        httpx.HTTPError: the request failed.
+    """
     url = destination.url
     target = url.copy_with(host=str(destination.address))
-    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-    with client.stream("POST", target, content=body, extensions=extensions,
-                       headers={**headers, "host": url.netloc.decode("ascii")}) as response:
-        head = next(response.iter_bytes(), b"")
+    extensions: dict[str, Any] = {"trace": deadline.trace}
+    if url.scheme == "https":
+        extensions["sni_hostname"] = destination.host
+    try:
+        with deadline.armed(), client.stream(
+                "POST", target, content=body, extensions=extensions,
+                timeout=httpx.Timeout(max(deadline.left(), 0.001)),
+                headers={**headers, "host": url.netloc.decode("ascii")}) as response:
+            head = next(response.iter_raw(SNIPPET_BYTES), b"")
+    except httpx.HTTPError as exc:
+        if deadline.expired:
+            raise httpx.TimeoutException(
+                f"the attempt took over {deadline.seconds:g} s") from exc
+        raise
     snippet = head[:SNIPPET_BYTES].decode("utf-8", errors="replace")
     return Response(response.status_code, snippet, retry_after(response.headers))
 
@@ -142,6 +215,7 @@ def _attempt(delivery: WebhookDelivery, url: str, project: str | None, settings:
              ) -> tuple[rows.Attempt, Response | None]:
     """Sign, check and send; never raises for what an endpoint or the network does."""
     started = now()
+    deadline = Deadline(settings.webhook_timeout_s)
 
     def done(outcome: str, error: str | None = None, answer: Response | None = None,
              latency_ms: float | None = None) -> tuple[rows.Attempt, Response | None]:
@@ -150,7 +224,8 @@ def _attempt(delivery: WebhookDelivery, url: str, project: str | None, settings:
 
     try:
         secrets = settings.webhook_secrets(delivery.secret_name, project=project)
-        destination = ssrf.resolve(url, settings.webhook_allow_networks, resolver)
+        destination = ssrf.resolve(url, settings.webhook_allow_networks, resolver,
+                                   timeout=deadline.left())
     except (MissingCredential, DestinationRefused) as exc:
         return done("refused", f"not sent: {exc}")
     except OSError as exc:
@@ -161,11 +236,11 @@ def _attempt(delivery: WebhookDelivery, url: str, project: str | None, settings:
                "content-type": "application/json"}
     sent = time.monotonic()
     try:
-        answer = post(client, destination, headers, delivery.payload.encode())
+        answer = post(client, destination, headers, delivery.payload.encode(), deadline)
     except httpx.TimeoutException as exc:
-        return done("failed", f"timed out ({type(exc).__name__})")
+        return done("failed", f"timed out: {exc or type(exc).__name__}")
     except httpx.HTTPError as exc:
-        return done("failed", f"cannot reach {destination.url.host} at "
+        return done("failed", f"cannot reach {destination.host} at "
                               f"{destination.address}: {exc}")
     latency_ms = round((time.monotonic() - sent) * 1000, 2)
     if 200 <= answer.status < 300:

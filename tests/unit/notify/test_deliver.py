@@ -3,8 +3,13 @@ schedule, Retry-After, 3xx, 410, dead events, and every attempt in the database.
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
+import gzip
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -18,7 +23,7 @@ from orchestrator.db.models import Job, WebhookAttempt, WebhookDelivery
 from orchestrator.db.transition import insert_job
 from orchestrator.db.types import new_id
 from orchestrator.loopback import free_port
-from orchestrator.notify import deliver
+from orchestrator.notify import deliver, ssrf
 from orchestrator.notify.receiver import Received, Receiver
 from tests.helpers import (
     OTHER_SECRET,
@@ -29,7 +34,7 @@ from tests.helpers import (
     hooked_job,
 )
 
-LOOPBACK = [ipaddress.ip_network("127.0.0.1/32")]
+LOOPBACK = [ssrf.AllowedNetwork.parse("127.0.0.1/32")]
 
 
 class Script:
@@ -257,3 +262,80 @@ class TestRefused:
 
         assert attempt_due(engine, hook_settings, clock) == ["delivered"]
         assert receiver.received[0].payload["data"]["job"]["project"] == "other"
+
+
+@contextmanager
+def raw_server(answer: Callable[[socket.socket, bytes], None]) -> Iterator[str]:
+    """A loopback server that reads each request's head and lets ``answer`` write
+    whatever it likes back; yields its webhook URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                with contextlib.suppress(OSError):
+                    answer(conn, head)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/webhooks"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+class TestBounded:
+    def test_an_endpoint_dripping_its_answer_is_cut_off_at_the_attempts_deadline(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock) -> None:
+        """Each header byte comes well within httpx's per-read timeout, so only the
+        attempt's own deadline ends it."""
+        def drip(conn: socket.socket, _: bytes) -> None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(100):
+                conn.sendall(b"x")
+                time.sleep(0.05)
+
+        settings = hook_settings.model_copy(update={"webhook_timeout_s": 0.5})
+        with raw_server(drip) as url:
+            delivery_id = event_for(engine, url, clock)
+            started = time.monotonic()
+            [result] = attempt_due(engine, settings, clock)
+            took = time.monotonic() - started
+
+        assert result.startswith("retry in") and took < 2
+        _, [attempt] = state(engine, delivery_id)
+        assert (attempt.outcome, attempt.error) == (
+            "failed", "timed out: the attempt took over 0.5 s")
+
+    def test_the_answer_is_asked_for_and_kept_uncompressed(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock) -> None:
+        """A gzip bomb (20 KiB that inflate to 20 MiB) is kept as the bytes that came:
+        nothing is decompressed."""
+        bomb = gzip.compress(b"\0" * (20 << 20))
+        heads: list[bytes] = []
+
+        def gzipped(conn: socket.socket, head: bytes) -> None:
+            heads.append(head)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\n"
+                         b"content-length: %d\r\n\r\n" % len(bomb) + bomb)
+
+        with raw_server(gzipped) as url:
+            delivery_id = event_for(engine, url, clock)
+            assert attempt_due(engine, hook_settings, clock) == ["delivered"]
+
+        assert b"\r\naccept-encoding: identity\r\n" in heads[0]
+        _, [attempt] = state(engine, delivery_id)
+        assert attempt.response_snippet is not None
+        assert attempt.response_snippet.startswith("\x1f\ufffd")  # gzip's magic, undecoded
+        assert len(attempt.response_snippet) <= deliver.SNIPPET_BYTES
