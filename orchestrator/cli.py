@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -420,8 +421,17 @@ def scheduler() -> None:
 def worker(
     concurrency: Annotated[int, typer.Option(min=1, help="Parallel steps.")] = 4,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
+    queues: Annotated[str, typer.Option(help="Queues to consume, comma-separated: tunectl "
+                                        "(job steps, queued submissions) and tunectl.notify "
+                                        "(webhook deliveries).")] = "tunectl,tunectl.notify",
 ) -> None:
-    """Run a Celery worker that executes steps (and queued submissions)."""
+    """Run a Celery worker that executes steps, queued submissions and webhook deliveries."""
+    from workers.app import QUEUES
+
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(wanted) - set(QUEUES))
+    if not wanted or unknown:
+        raise UserError(f"--queues {queues!r}: name one or both of {', '.join(QUEUES)}")
     settings = _settings()
     _engine(settings)
     if settings.metrics_port:
@@ -430,7 +440,7 @@ def worker(
         from orchestrator.metrics import serve_process_metrics
 
         serve_process_metrics(settings.metrics_port)
-    _run_worker(pool, concurrency)
+    _run_worker(pool, concurrency, wanted)
 
 
 def _share_metrics_with_children() -> None:
@@ -513,6 +523,7 @@ def up(
     """Run the scheduler, a worker and the API in one process (the embedded default needs
     no servers)."""
     from orchestrator.scheduler import Scheduler
+    from workers.app import QUEUES
     from workers.tasks import dispatch
 
     settings = _settings()
@@ -527,7 +538,7 @@ def up(
     for thread in threads:
         thread.start()
     try:
-        _run_worker("threads", concurrency)
+        _run_worker("threads", concurrency, QUEUES)
     finally:
         stop.set()
         if server is not None:
@@ -536,12 +547,12 @@ def up(
             thread.join(timeout=10)
 
 
-def _run_worker(pool: str, concurrency: int) -> None:
-    from workers.app import QUEUE
+def _run_worker(pool: str, concurrency: int, queues: Sequence[str]) -> None:
     from workers.app import app as celery_app
 
     celery_app.worker_main([
-        "worker", "--pool", pool, "--concurrency", str(concurrency), "--queues", QUEUE,
+        "worker", "--pool", pool, "--concurrency", str(concurrency),
+        "--queues", ",".join(queues),
         "--loglevel", get_settings().log_level.upper(), "--without-gossip", "--without-mingle",
     ])
 

@@ -226,9 +226,11 @@ class Settings(BaseSettings):
 
     @property
     def webhook_lease_s(self) -> float:
-        """How long one delivery attempt may hold its event: enough for the resolution,
-        the connection, sending and reading at ``webhook_timeout_s`` each."""
-        return 5 * self.webhook_timeout_s + 15
+        """How long one delivery attempt holds its event, from the moment a worker takes it
+        up: its deadline (``webhook_timeout_s``) and the database work around it. (Until
+        then the event is leased for ``lease_s``, as a job is: a message may wait that long
+        in the broker before the scheduler sends another.)"""
+        return self.webhook_timeout_s + 30
 
     @property
     def upload_deadline_s(self) -> float:

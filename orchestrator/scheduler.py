@@ -145,7 +145,7 @@ class Scheduler:
             with session_scope(self.engine) as session:
                 claimed = queries.claim_due_deliveries(
                     session, owner=lease, now=now, limit=self.settings.scheduler_batch,
-                    until=now + timedelta(seconds=self.settings.webhook_lease_s))
+                    until=now + timedelta(seconds=self.settings.lease_s))
             done = deliver.send_now(self.engine, self.dispatch,
                                     [(delivery_id, lease) for delivery_id in claimed], now)
             sent += done

@@ -389,7 +389,9 @@ def claim_due_deliveries(db: DB, *, owner: str, now: datetime, until: datetime,
 
 def rescue_expired_delivery_leases(db: DB, *, now: datetime) -> list[tuple[str, int]]:
     """Free the delivery leases that expired (the attempt's worker died or its message was
-    lost), served by ix_webhook_deliveries_leased; the delivery is claimable again at once.
+    lost), served by ix_webhook_deliveries_leased. The delivery is due again at its
+    ``next_attempt_at``: still the time it was due if its message was lost, the retry time
+    its attempt set when taken up if that attempt was lost with its worker.
     Returns (delivery id, attempts) of each."""
     stmt = sa.text(_RESCUE_EXPIRED_DELIVERY_LEASES).bindparams(
         sa.bindparam("now", type_=TZDateTime()))
@@ -398,18 +400,16 @@ def rescue_expired_delivery_leases(db: DB, *, now: datetime) -> list[tuple[str, 
 
 def take_up_delivery(db: DB, delivery_id: str, *, lease: str, now: datetime,
                      lease_s: float) -> WebhookDelivery | None:
-    """Start an attempt: the delivery, if ``lease`` still holds it, pending and unlapsed
-    (counting the attempt and renewing a lease that waited in the broker); None for a
-    stale or duplicate message."""
-    renew_before = now + timedelta(seconds=lease_s * STEP_SHARE_OF_LEASE)
-    expires = DELIVERIES.c.lease_expires_at
+    """Start an attempt: the delivery, if ``lease`` still holds it, pending and unlapsed,
+    with the attempt counted and the lease now ``lease_s`` from ``now`` (the attempt's own,
+    however long the message waited in the broker); None for a stale or duplicate
+    message."""
     row = connection(db).execute(
         sa.update(DELIVERIES)
         .where(DELIVERIES.c.id == delivery_id, DELIVERIES.c.lease_owner == lease,
-               expires > now, DELIVERIES.c.status == "pending")
+               DELIVERIES.c.lease_expires_at > now, DELIVERIES.c.status == "pending")
         .values(attempts=DELIVERIES.c.attempts + 1, updated_at=now,
-                lease_expires_at=sa.case((expires < renew_before,
-                                          now + timedelta(seconds=lease_s)), else_=expires))
+                lease_expires_at=now + timedelta(seconds=lease_s))
         .returning(*DELIVERIES.c)
     ).one_or_none()
     return None if row is None else WebhookDelivery(**row._mapping)

@@ -88,6 +88,15 @@ def give_up(conn: sa.Connection, delivery: WebhookDelivery, lease: str, reason: 
     return bool(done)
 
 
+def retry_if_lost(conn: sa.Connection, delivery_id: str, lease: str, at: datetime) -> None:
+    """Set when an attempt just taken up under ``lease`` is retried if it never records
+    its outcome (its worker dies): the lease's rescue leaves the delivery due then, not at
+    once, so lost attempts keep to the schedule too."""
+    conn.execute(sa.update(DELIVERIES)
+                 .where(DELIVERIES.c.id == delivery_id, DELIVERIES.c.lease_owner == lease)
+                 .values(next_attempt_at=at))
+
+
 def release(conn: sa.Connection, delivery_id: str, lease: str, now: datetime) -> None:
     """Hand a delivery's lease back with it due now (its message could not be sent)."""
     conn.execute(sa.update(DELIVERIES)

@@ -182,8 +182,12 @@ def run(delivery_id: str, lease: str, *, settings: Settings, engine: sa.Engine,
         client: httpx.Client | None = None) -> str:
     """Attempt the delivery if this message still holds its lease; return what happened."""
     with engine.begin() as conn:
-        delivery = queries.take_up_delivery(conn, delivery_id, lease=lease, now=now(),
+        taken_at = now()
+        delivery = queries.take_up_delivery(conn, delivery_id, lease=lease, now=taken_at,
                                             lease_s=settings.webhook_lease_s)
+        if delivery is not None:
+            rows.retry_if_lost(conn, delivery.id, lease, taken_at + timedelta(
+                seconds=next_delay(settings, delivery.attempts, None)))
         endpoint = rows.endpoint(conn, delivery.endpoint_id) if delivery else None
         # A job spec's target may sign only with the secrets its project was given.
         project = rows.job_project(conn, delivery.job_id) \

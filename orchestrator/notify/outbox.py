@@ -123,7 +123,8 @@ def write(conn: sa.Connection, change: Change, notify: list[dict[str, Any]] | No
         [{"id": eid, "url": url, "state": "enabled", "created_at": change.at}
          for eid, (url, *_) in chosen.items()]).on_conflict_do_nothing())
     lease = new_id("lease") if wake is not None else None
-    until = change.at + timedelta(seconds=settings.webhook_lease_s) if lease else None
+    # Leased as a job step is, until a worker takes it up (deliver.run).
+    until = change.at + timedelta(seconds=settings.lease_s) if lease else None
     rows = []
     for eid, (_, secret, source, kind) in chosen.items():
         delivery_id = new_id("msg")

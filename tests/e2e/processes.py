@@ -303,10 +303,13 @@ class Stack:
                                 json=service_account_key()).raise_for_status()
         return self.emulator
 
-    def start_worker(self, concurrency: int = 2, pool: str = "prefork") -> Proc:
-        """Start ``tunectl worker`` and wait until Celery says it is ready."""
+    def start_worker(self, concurrency: int = 2, pool: str = "prefork",
+                     queues: str | None = None) -> Proc:
+        """Start ``tunectl worker`` (on its default queues, or ``queues``) and wait until
+        Celery says it is ready."""
+        chosen = ["--queues", queues] if queues else []
         proc = self.procs.start("worker", tunectl_argv(
-            "worker", "--pool", pool, "--concurrency", str(concurrency)), self.env())
+            "worker", "--pool", pool, "--concurrency", str(concurrency), *chosen), self.env())
         proc.wait_for_output("ready.", timeout=60)
         return proc
 

@@ -25,6 +25,7 @@ from orchestrator.db.types import new_id
 from orchestrator.loopback import free_port
 from orchestrator.notify import deliver, ssrf
 from orchestrator.notify.receiver import Received, Receiver
+from orchestrator.scheduler import Scheduler
 from tests.helpers import (
     OTHER_SECRET,
     SECRET,
@@ -339,3 +340,85 @@ class TestBounded:
         assert attempt.response_snippet is not None
         assert attempt.response_snippet.startswith("\x1f\ufffd")  # gzip's magic, undecoded
         assert len(attempt.response_snippet) <= deliver.SNIPPET_BYTES
+
+
+class Killed(BaseException):
+    """The worker process dying mid-attempt."""
+
+
+class TestLeases:
+    def scheduler(self, engine: sa.Engine, settings: Settings, clock: Clock,
+                  sent: list[tuple[str, str, str]]) -> Scheduler:
+        """A scheduler that keeps the deliveries it sends in ``sent`` (and drops job steps)."""
+        def keep(step: str, item: str, lease: str) -> None:
+            if step == deliver.DELIVER:
+                sent.append((step, item, lease))
+
+        return Scheduler(settings, engine, keep, now=clock)
+
+    def test_a_message_waiting_in_the_broker_is_not_sent_again(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock,
+            receiver: Receiver) -> None:
+        """The delivery's lease counts from the worker's take-up: a backlog longer than an
+        attempt's lease makes the scheduler send nothing twice."""
+        sent: list[tuple[str, str, str]] = []
+        event_for(engine, receiver.url, clock)
+        assert self.scheduler(engine, hook_settings, clock, sent).tick().delivering == 1
+
+        clock.advance(hook_settings.webhook_lease_s + 5)  # still queued at the broker
+        assert self.scheduler(engine, hook_settings, clock, sent).tick().delivering == 0
+
+        [(_, delivery_id, lease)] = sent
+        assert deliver.run(delivery_id, lease, settings=hook_settings, engine=engine,
+                           now=clock) == "delivered"
+        row, _ = state(engine, delivery_id)
+        assert row.attempts == 1 and len(receiver.received) == 1
+
+    def test_an_attempt_lost_with_its_worker_is_retried_on_the_schedule(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock,
+            receiver: Receiver) -> None:
+        """Once the lost attempt's lease is rescued, the retry waits the schedule's next
+        delay from when that attempt started, instead of following at once."""
+        settings = hook_settings.model_copy(
+            update={"webhook_retry_schedule_s": [0.0, 100.0, 1000.0]})
+        sent: list[tuple[str, str, str]] = []
+        delivery_id = event_for(engine, receiver.url, clock)
+        self.scheduler(engine, settings, clock, sent).tick()
+        [(_, _, lease)] = sent
+
+        def dies(host: str, port: int) -> list[str]:
+            raise Killed
+
+        with pytest.raises(Killed):
+            deliver.run(delivery_id, lease, settings=settings, engine=engine, now=clock,
+                        resolver=dies)
+
+        sent.clear()
+        clock.advance(settings.webhook_lease_s + 1)
+        self.scheduler(engine, settings, clock, sent).tick()
+        row, attempts = state(engine, delivery_id)
+        assert sent == [] and attempts == [] and row.lease_owner is None
+        assert row.next_attempt_at is not None
+        assert 80 <= (row.next_attempt_at - (clock() - timedelta(
+            seconds=settings.webhook_lease_s + 1))).total_seconds() <= 120
+        clock.advance(120)
+        self.scheduler(engine, settings, clock, sent).tick()
+        [(_, _, again)] = sent
+        assert deliver.run(delivery_id, again, settings=settings, engine=engine,
+                           now=clock) == "delivered"
+        assert state(engine, delivery_id)[0].attempts == 2
+
+
+class TestQueues:
+    def test_deliveries_go_to_their_own_queue(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from workers import tasks
+
+        sent: list[tuple[str, str]] = []
+        monkeypatch.setattr(tasks.app, "send_task",
+                            lambda name, args, queue: sent.append((name, queue)))
+
+        tasks.dispatch(deliver.DELIVER, "msg_1", "lease_1")
+        tasks.dispatch("poll", "job_1", "lease_2")
+
+        assert sent == [("tunectl.notify.deliver", "tunectl.notify"),
+                        ("tunectl.step.poll", "tunectl")]
