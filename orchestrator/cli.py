@@ -372,8 +372,8 @@ def webhook_deliveries(
 def webhook_redeliver(event: Annotated[str, typer.Argument(help="The event's webhook-id.")]
                       ) -> None:
     """Send a webhook event again, with the same webhook-id."""
-    engine = _engine(_settings())
-    found = webhook_ops.redeliver(engine, event)
+    settings = _settings()
+    found = webhook_ops.redeliver(_engine(settings), event, settings=settings)
     out.print(f"{found.delivery.id}: {found.delivery.event_type} to {found.endpoint.url} is "
               "due again; `tunectl webhooks deliveries "
               f"{found.delivery.id}` shows the attempt", highlight=False)

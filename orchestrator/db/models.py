@@ -339,7 +339,8 @@ class WebhookDelivery(SQLModel, table=True):
     status: str = Field(default="pending", max_length=20)
     #: Attempts started; the event is dead once ``attempt_limit`` of them failed.
     attempts: int = 0
-    #: Null: as many attempts as the retry schedule has; a redelivery allows one more.
+    #: Null: as many attempts as the retry schedule has; a redelivery of a delivered or
+    #: dead event allows one more.
     attempt_limit: int | None = None
     next_attempt_at: datetime | None = _tz(default=None)
     lease_owner: str | None = Field(default=None, max_length=80)

@@ -104,14 +104,22 @@ def release(conn: sa.Connection, delivery_id: str, lease: str, now: datetime) ->
                  .values(lease_owner=None, lease_expires_at=None, next_attempt_at=now))
 
 
-def redeliver(conn: sa.Connection, delivery: WebhookDelivery, now: datetime) -> bool:
-    """Make a delivery that is not being attempted right now due at once, with one more
-    attempt allowed, keeping its id (its webhook-id). False if an attempt holds it."""
+def redeliver(conn: sa.Connection, delivery: WebhookDelivery, now: datetime,
+              schedule_limit: int) -> bool:
+    """Make a delivery that is not being attempted right now due at once, keeping its id
+    (its webhook-id): a delivered or dead one with one more attempt allowed, a pending one
+    with the attempts it had left (``schedule_limit`` by default), and at least one more.
+    False if an attempt holds it or it changed since ``delivery`` was read."""
+    limit = delivery.attempts + 1
+    if delivery.status == "pending":
+        limit = max(limit, delivery.attempt_limit or schedule_limit)
     done = conn.execute(
         sa.update(DELIVERIES)
-        .where(DELIVERIES.c.id == delivery.id, DELIVERIES.c.lease_owner.is_(None))
+        .where(DELIVERIES.c.id == delivery.id, DELIVERIES.c.lease_owner.is_(None),
+               DELIVERIES.c.status == delivery.status,
+               DELIVERIES.c.attempts == delivery.attempts)
         .values(status="pending", next_attempt_at=now, delivered_at=None, dead_at=None,
-                attempt_limit=DELIVERIES.c.attempts + 1, updated_at=now)).rowcount
+                attempt_limit=limit, updated_at=now)).rowcount
     return bool(done)
 
 

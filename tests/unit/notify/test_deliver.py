@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from openai import OpenAI
 
+from orchestrator import webhooks as webhook_ops
 from orchestrator.config import Settings
 from orchestrator.db import webhooks as rows
 from orchestrator.db.engine import session_scope
@@ -422,3 +423,38 @@ class TestQueues:
 
         assert sent == [("tunectl.notify.deliver", "tunectl.notify"),
                         ("tunectl.step.poll", "tunectl")]
+
+
+class TestRedeliver:
+    def test_a_pending_event_keeps_the_attempts_it_had_left(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock) -> None:
+        """One attempt of three failed; a redelivery sends it now, and it still dies only
+        after the schedule's three attempts, not at the redelivered one."""
+        with Receiver(SECRET, respond=Script(500)) as hook:
+            delivery_id = event_for(engine, hook.url, clock)
+            assert attempt_due(engine, hook_settings, clock)[0].startswith("retry in")
+
+            webhook_ops.redeliver(engine, delivery_id, settings=hook_settings, now=clock())
+            results = attempt_due(engine, hook_settings, clock)
+            clock.advance(200)
+            results += attempt_due(engine, hook_settings, clock)
+
+        assert results[0].startswith("retry in") and results[1] == "dead"
+        row, attempts = state(engine, delivery_id)
+        assert (row.status, row.attempts, row.attempt_limit, len(attempts)) == (
+            "dead", 3, 3, 3)
+
+    def test_a_dead_event_gets_one_more_attempt_under_its_webhook_id(
+            self, engine: sa.Engine, hook_settings: Settings, clock: Clock) -> None:
+        with Receiver(SECRET, respond=Script(500, 500, 500, 200)) as hook:
+            delivery_id = event_for(engine, hook.url, clock)
+            for _ in range(3):
+                attempt_due(engine, hook_settings, clock)
+                clock.advance(200)
+            assert state(engine, delivery_id)[0].status == "dead"
+
+            webhook_ops.redeliver(engine, delivery_id, settings=hook_settings, now=clock())
+
+            assert attempt_due(engine, hook_settings, clock) == ["delivered"]
+            assert [r.webhook_id for r in hook.received] == [delivery_id] * 4
+        assert state(engine, delivery_id)[0].attempt_limit == 4
