@@ -181,10 +181,10 @@ def _apply(job: Job, lease: str, outcome: Outcome | Retry, settings: Settings,
     released: queries.Released | None
     try:
         with engine.begin() as conn:
-            if isinstance(outcome, Retry):
+            if isinstance(outcome, Retry):  # a webhook meanwhile does not cut the backoff
                 released = queries.release_lease(conn, job.id, lease=lease,
                                                  version=job.version, next_run_at=later,
-                                                 last_error=outcome.error)
+                                                 last_error=outcome.error, unpoke=True)
             else:
                 version = job.version
                 if (outcome.provider_status and outcome.provider_status != job.provider_status
@@ -240,8 +240,9 @@ def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Set
 
 def _rerun(engine: sa.Engine, job_id: str, settings: Settings, dispatch: Dispatch,
            now: datetime) -> None:
-    """Claim the job again at once and send its step (unless someone else has it)."""
-    lease = new_id("lease")
+    """Claim the job again at once and send its step (unless someone else has it), under a
+    poke lease: a provider's webhook caused it."""
+    lease = queries.poke_lease()
     with engine.begin() as conn:
         state = queries.claim_job(conn, job_id, owner=lease, now=now,
                                   until=now + timedelta(seconds=settings.lease_s))
