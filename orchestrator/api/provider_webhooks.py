@@ -34,11 +34,11 @@ from orchestrator.api.problems import problem, responses
 from orchestrator.config import Settings
 from orchestrator.db import queries
 from orchestrator.db.types import utcnow
+from orchestrator.dispatch import Dispatch, send_leased
 from orchestrator.errors import MissingCredential, UnknownProvider, WebhookRejected
 from orchestrator.providers import registry
 from orchestrator.providers.base import WebhookSource
 from orchestrator.states import PROVIDER_JOB_LIVE, STEP_FOR_STATE, State
-from orchestrator.steps.runner import Dispatch
 
 log = structlog.get_logger("tunectl.api")
 router = APIRouter(tags=["provider webhooks"])
@@ -119,15 +119,12 @@ def receive(provider: str, body: bytes, headers: Mapping[str, str], settings: Se
                     event_type=hook.event_type, why="this webhook-id was received already")
         return JSONResponse(Receipt(received=True, event_type=hook.event_type, jobs=[],
                                     replayed=True).model_dump())
-    for job in poked:
-        if not job.claimed:
-            continue  # its step runs again as soon as it gives the lease back
-        try:
-            dispatch(STEP_FOR_STATE[State(job.state)], job.id, lease)
-        except Exception as exc:  # the broker is down: the scheduler sends it instead
-            log.warning("webhook_in.dispatch_failed", job_id=job.id, error=str(exc))
-            with engine.begin() as conn:
-                queries.release_lease(conn, job.id, lease=lease, next_run_at=now)
+    # A job a step holds runs again as soon as that step gives the lease back; if the
+    # broker is down, the scheduler sends the others.
+    send_leased(engine, dispatch,
+                [(STEP_FOR_STATE[State(j.state)], j.id, lease) for j in poked if j.claimed],
+                lambda conn, job_id, held: queries.release_lease(
+                    conn, job_id, lease=held, next_run_at=now))
     jobs = [job.id for job in poked]
     log.info("webhook_in.received", provider=provider, event_id=hook.event_id,
              event_type=hook.event_type, provider_job_id=hook.provider_job_id, polled=jobs,

@@ -97,11 +97,12 @@ def retry_if_lost(conn: sa.Connection, delivery_id: str, lease: str, at: datetim
                  .values(next_attempt_at=at))
 
 
-def release(conn: sa.Connection, delivery_id: str, lease: str, now: datetime) -> None:
-    """Hand a delivery's lease back with it due now (its message could not be sent)."""
+def release(conn: sa.Connection, delivery_id: str, lease: str, due: datetime) -> None:
+    """Hand a delivery's lease back with it due at ``due`` (its message could not be
+    sent)."""
     conn.execute(sa.update(DELIVERIES)
                  .where(DELIVERIES.c.id == delivery_id, DELIVERIES.c.lease_owner == lease)
-                 .values(lease_owner=None, lease_expires_at=None, next_attempt_at=now))
+                 .values(lease_owner=None, lease_expires_at=None, next_attempt_at=due))
 
 
 def redeliver(conn: sa.Connection, delivery: WebhookDelivery, now: datetime,

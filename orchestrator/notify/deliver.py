@@ -25,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +40,7 @@ from orchestrator.db import queries
 from orchestrator.db import webhooks as rows
 from orchestrator.db.models import WebhookDelivery
 from orchestrator.db.types import utcnow
+from orchestrator.dispatch import Dispatch, send_leased
 from orchestrator.errors import DestinationRefused, MissingCredential
 from orchestrator.notify import sign, ssrf
 from orchestrator.notify.outbox import Wake
@@ -289,17 +290,9 @@ def _record(engine: sa.Engine, delivery: WebhookDelivery, lease: str, attempt: r
     return result
 
 
-def send_now(engine: sa.Engine, dispatch: Callable[[str, str, str], None], wake: list[Wake],
-             now: datetime) -> int:
+def send_now(engine: sa.Engine, dispatch: Dispatch, wake: Sequence[Wake],
+             retry_at: datetime) -> int:
     """Send the deliver step for leased deliveries; return how many were sent. When the
-    broker fails, the rest are handed back, due now, for the scheduler's next tick."""
-    for i, (delivery_id, lease) in enumerate(wake):
-        try:
-            dispatch(DELIVER, delivery_id, lease)
-        except Exception as exc:  # the broker is down: the scheduler sends them later
-            log.warning("webhook.dispatch_failed", delivery_id=delivery_id, error=str(exc))
-            with engine.begin() as conn:
-                for rest, rest_lease in wake[i:]:
-                    rows.release(conn, rest, rest_lease, now)
-            return i
-    return len(wake)
+    broker fails, the rest are handed back, due at ``retry_at``, for the scheduler."""
+    return send_leased(engine, dispatch, [(DELIVER, d, lease) for d, lease in wake],
+                       lambda conn, d, lease: rows.release(conn, d, lease, retry_at))
