@@ -20,7 +20,6 @@ would otherwise hold the worker), then records the attempt:
 from __future__ import annotations
 
 import contextlib
-import random
 import socket
 import ssl
 import threading
@@ -42,7 +41,7 @@ from orchestrator.db.models import WebhookDelivery
 from orchestrator.db.types import utcnow
 from orchestrator.dispatch import Dispatch, send_leased
 from orchestrator.errors import DestinationRefused, MissingCredential
-from orchestrator.notify import sign, ssrf
+from orchestrator.notify import schedule, sign, ssrf
 from orchestrator.notify.outbox import Wake
 from orchestrator.providers.http import retry_after
 
@@ -256,8 +255,7 @@ def _attempt(delivery: WebhookDelivery, url: str, project: str | None, settings:
 def next_delay(settings: Settings, attempts: int, answer: Response | None) -> float:
     """Seconds until the attempt after ``attempts`` failed ones: the schedule's delay with
     ±20 % jitter, or the Retry-After of a 429 or 503 when that is longer (up to a day)."""
-    schedule = settings.webhook_retry_schedule_s
-    delay = schedule[min(attempts, len(schedule) - 1)] * random.uniform(0.8, 1.2)
+    delay = schedule.delay_s(settings, attempts)
     if answer is not None and answer.status in THROTTLED and answer.retry_after is not None:
         delay = max(delay, min(answer.retry_after, RETRY_AFTER_CAP_S))
     return delay

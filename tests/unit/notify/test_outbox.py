@@ -11,16 +11,17 @@ from typing import Any
 import jsonschema
 import pytest
 import sqlalchemy as sa
+from sqlmodel import select
 
 from orchestrator import jobs as job_ops
 from orchestrator.blobs import BlobStore
 from orchestrator.config import Settings, get_settings
 from orchestrator.db.engine import session_scope
-from orchestrator.db.models import Job
+from orchestrator.db.models import Job, WebhookDelivery
 from orchestrator.db.transition import insert_job, transition
 from orchestrator.db.types import new_id
 from orchestrator.errors import SpecError, StaleTransition
-from orchestrator.notify.outbox import endpoint_id
+from orchestrator.notify.outbox import Wake, endpoint_id
 from orchestrator.states import State
 from tests.helpers import OTHER_SECRET, SECRET, SECRET_NAME, make_spec
 
@@ -28,6 +29,7 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 SCHEMA = json.loads((Path(__file__).parents[3] / "docs" / "webhook-payload.schema.json")
                     .read_text())
 HOOK = "https://hooks.example.com/tunectl"
+OPS = "https://ops.example.com/tunectl"
 #: training → finalizing → succeeded, after the moves into training.
 TO_TRAINING = [State.VALIDATING, State.UPLOADING, State.SUBMITTING, State.TRAINING]
 
@@ -153,6 +155,42 @@ class TestWhatIsWritten:
         assert row.event_type == "job.undeployed"
         assert json.loads(row.payload)["data"]["transition"]["data"]["deployment_id"] == "dep_1"
 
+    @pytest.mark.parametrize(("events", "expected"), [
+        pytest.param(["succeeded"], "job.succeeded", id="succeeded"),
+        pytest.param(["undeployed"], "job.undeployed", id="undeployed"),
+        pytest.param(["succeeded", "undeployed"], "job.succeeded", id="both-one-event"),
+    ])
+    def test_an_undeploy_while_first_deploying_is_success_and_undeployed(
+            self, engine: sa.Engine, events: list[str], expected: str) -> None:
+        job_id = new_job(engine, [target(events)])
+        walk(engine, job_id, [*TO_TRAINING, State.FINALIZING, State.DEPLOYING])
+
+        walk(engine, job_id, [State.SUCCEEDED], deployed_model=None,
+             data={"event": "undeployed", "deployment_id": "dep_1"})
+
+        assert [r.event_type for r in deliveries(engine)] == [expected]
+
+    @pytest.mark.parametrize(("serves", "expected"), [
+        pytest.param(True, ["job.deployed"], id="deployed-again"),
+        pytest.param(False, ["job.undeployed"], id="undeployed-before-it-served"),
+    ])
+    def test_a_redeploy_of_a_succeeded_job_never_succeeds_twice(
+            self, engine: sa.Engine, serves: bool, expected: list[str]) -> None:
+        """`tunectl deploy` re-opens a succeeded job (succeeded → deploying): its end is
+        job.deployed or job.undeployed, not a second job.succeeded under a new id."""
+        job_id = new_job(engine, [target(["succeeded"], url=HOOK),
+                                  target(["deployed", "undeployed"], url=OPS)])
+        walk(engine, job_id, [*TO_TRAINING, State.FINALIZING, State.SUCCEEDED],
+             fine_tuned_model="ft:m")
+        walk(engine, job_id, [State.DEPLOYING])
+        last = {"deployed_model": "dep-model"} if serves else {
+            "deployed_model": None, "data": {"event": "undeployed", "deployment_id": "dep_1"}}
+
+        walk(engine, job_id, [State.SUCCEEDED], **last)
+
+        got = [(r.url, r.event_type) for r in deliveries(engine)]
+        assert got == [(HOOK, "job.succeeded"), *[(OPS, kind) for kind in expected]]
+
     def test_configured_endpoints_filter_by_event_and_join_the_specs(
             self, engine: sa.Engine, configure: Callable[..., None]) -> None:
         configure(TUNECTL_WEBHOOKS=[
@@ -175,6 +213,36 @@ class TestWhatIsWritten:
             ("https://ops.example.com/failures", "job.failed", "config",
              "TUNECTL_WEBHOOK_SECRET"),
         ]
+
+
+    def test_one_endpoint_however_its_url_is_spelled(
+            self, engine: sa.Engine, configure: Callable[..., None]) -> None:
+        configure(TUNECTL_WEBHOOKS=[{"url": "https://hooks.example.com/tunectl",
+                                     "secret": SECRET_NAME, "events": ["all"]}])
+        job_id = new_job(engine, [target(["all"], url="HTTPS://Hooks.Example.COM:443/tunectl")])
+        walk(engine, job_id, [State.CANCELLED])
+
+        assert [(r.url, r.source) for r in deliveries(engine)] == [(HOOK, "spec")] * 2
+        assert endpoint_id("https://HOOKS.example.com:443/tunectl") == endpoint_id(HOOK)
+        assert endpoint_id("https://hooks.example.com/Tunectl") != endpoint_id(HOOK)
+
+    def test_the_schedules_first_delay_is_the_first_attempts(
+            self, engine: sa.Engine, configure: Callable[..., None]) -> None:
+        configure(TUNECTL_WEBHOOK_RETRY_SCHEDULE_S=[30, 60])
+        job_id = new_job(engine, [target(["all"])])
+        wake: list[Wake] = []
+
+        with session_scope(engine) as session:
+            transition(session, job_id, source=State.QUEUED, target=State.CANCELLED,
+                       version=1, reason="x", now=NOW, wake=wake)
+
+        assert wake == []  # not due yet: nothing to send right after the commit
+        with session_scope(engine) as session:
+            rows = session.exec(select(WebhookDelivery)).all()
+            assert len(rows) == 2
+            for row in rows:
+                assert row.lease_owner is None and row.next_attempt_at is not None
+                assert 24 <= (row.next_attempt_at - row.created_at).total_seconds() <= 36
 
 
 class TestSameTransaction:
