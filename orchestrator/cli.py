@@ -28,13 +28,16 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.datasets.cli import app as dataset_app
 from orchestrator.db import deployments as deployment_rows
 from orchestrator.db.engine import check_migrated, get_engine, session_scope
-from orchestrator.db.models import (
-    WebhookAttempt,
-    WebhookDelivery,
-    WebhookEndpoint,
-)
+from orchestrator.db.models import WebhookDelivery
 from orchestrator.db.types import utcnow
-from orchestrator.documents import EventDoc, deployment_json, iso, job_json
+from orchestrator.documents import (
+    EventDoc,
+    attempt_json,
+    delivery_json,
+    deployment_json,
+    endpoint_json,
+    job_json,
+)
 from orchestrator.errors import ProviderError, UserError
 from orchestrator.remote import RemoteApi
 from orchestrator.specs import load_spec
@@ -293,32 +296,6 @@ def _deployments_table(found: list[dict[str, Any]], title: str | None = None) ->
                       d["provider_status"] or "", str(d["capacity"]), _age(d["age_s"]),
                       expires)
     return table
-
-
-def delivery_json(d: WebhookDelivery, url: str) -> dict[str, Any]:
-    """A webhook delivery (one event for one endpoint) as the JSON the CLI prints."""
-    return {
-        "id": d.id, "job_id": d.job_id, "seq": d.seq, "event_type": d.event_type,
-        "endpoint": url, "source": d.source, "secret_name": d.secret_name, "status": d.status,
-        "attempts": d.attempts, "attempt_limit": d.attempt_limit,
-        "next_attempt_at": iso(d.next_attempt_at), "last_status_code": d.last_status_code,
-        "last_error": d.last_error, "created_at": iso(d.created_at),
-        "delivered_at": iso(d.delivered_at), "dead_at": iso(d.dead_at),
-    }
-
-
-def attempt_json(a: WebhookAttempt) -> dict[str, Any]:
-    """One delivery attempt as the JSON the CLI prints."""
-    return {"attempt": a.attempt, "outcome": a.outcome, "status_code": a.status_code,
-            "latency_ms": a.latency_ms, "error": a.error,
-            "response_snippet": a.response_snippet, "started_at": iso(a.started_at),
-            "finished_at": iso(a.finished_at)}
-
-
-def endpoint_json(e: WebhookEndpoint) -> dict[str, Any]:
-    """A webhook endpoint as the JSON the CLI prints."""
-    return {"id": e.id, "url": e.url, "state": e.state, "disabled_at": iso(e.disabled_at),
-            "disabled_reason": e.disabled_reason, "created_at": iso(e.created_at)}
 
 
 def _when(d: WebhookDelivery) -> str:
