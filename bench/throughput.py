@@ -62,7 +62,7 @@ API_KEY = "sk-bench-0123456789"
 def noop_worker(pool: str, concurrency: int) -> None:
     """Child mode: tunectl's worker, exactly as ``tunectl worker`` runs it, plus bench.noop."""
     from orchestrator.cli import _run_worker
-    from workers.app import app
+    from workers.app import QUEUES, app
 
     sink = os.environ["BENCH_NOOP_FILE"]
 
@@ -74,7 +74,7 @@ def noop_worker(pool: str, concurrency: int) -> None:
         finally:
             os.close(fd)
 
-    _run_worker(pool, concurrency)
+    _run_worker(pool, concurrency, QUEUES)
 
 
 def parse_args() -> argparse.Namespace:

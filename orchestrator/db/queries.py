@@ -380,9 +380,11 @@ def remember_webhook(db: DB, *, provider: str, webhook_id: str, now: datetime,
     conn.execute(sa.delete(WEBHOOKS_SEEN).where(
         WEBHOOKS_SEEN.c.received_at < now - timedelta(seconds=keep_s)))
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    # RETURNING rather than rowcount, which psycopg reports as 1 for a conflict skipped.
     inserted = conn.execute(dialect.insert(WEBHOOKS_SEEN).values(
-        provider=provider, webhook_id=webhook_id, received_at=now).on_conflict_do_nothing())
-    return bool(inserted.rowcount)
+        provider=provider, webhook_id=webhook_id, received_at=now).on_conflict_do_nothing()
+        .returning(WEBHOOKS_SEEN.c.webhook_id)).first()
+    return inserted is not None
 
 
 # --- Webhook deliveries -----------------------------------------------------------------------

@@ -173,7 +173,8 @@ def post(client: httpx.Client, destination: ssrf.Destination, headers: dict[str,
             raise httpx.TimeoutException(
                 f"the attempt took over {deadline.seconds:g} s") from exc
         raise
-    snippet = head[:SNIPPET_BYTES].decode("utf-8", errors="replace")
+    # PostgreSQL text cannot hold NUL: an answer with NUL bytes must still be recorded.
+    snippet = head[:SNIPPET_BYTES].decode("utf-8", errors="replace").replace("\0", "\ufffd")
     return Response(response.status_code, snippet, retry_after(response.headers))
 
 
