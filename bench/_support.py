@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -99,27 +98,6 @@ def write_spec(directory: Path, name: str = "bench") -> Path:
                                 "base_model": "gpt-4o-mini-2024-07-18",
                                 "training_file": dataset.name}))
     return spec
-
-
-def wait_http(url: str, deadline: float) -> None:
-    """Wait until ``url`` answers 200 (until ``deadline``, a monotonic time)."""
-    import httpx
-
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tunectl_argv(*args: str) -> list[str]:

@@ -40,8 +40,8 @@ from orchestrator.db import queries
 from orchestrator.db.engine import make_engine, session_scope
 from orchestrator.db.types import utcnow
 
-COLUMNS = ("id", "name", "provider", "base_model", "method", "spec", "spec_sha256", "labels",
-           "training_blob", "state", "version", "provider_status", "provider_job_id",
+COLUMNS = ("id", "project", "name", "provider", "base_model", "method", "spec", "spec_sha256",
+           "labels", "training_blob", "state", "version", "provider_status", "provider_job_id",
            "training_file_id", "result", "next_run_at", "lease_owner", "lease_expires_at",
            "attempts", "created_at", "updated_at")
 #: In-flight states, weighted the way a busy daemon holds them (most are training).
@@ -87,7 +87,8 @@ def rows(args: argparse.Namespace) -> Any:
         created = now - timedelta(seconds=rng.uniform(600, 86_400))
         training = state in ("training", "finalizing", "cancelling")
         yield (
-            f"job_bench{i:020d}", f"bench-{i}", "openai", "gpt-4o-mini-2024-07-18", "sft",
+            f"job_bench{i:020d}", f"team-{i % 7}", f"bench-{i}", "openai",
+            "gpt-4o-mini-2024-07-18", "sft",
             '{"name": "bench"}', f"{i:064x}", "{}", f"{i % 97:064x}", state, VERSION[state],
             "running" if training else None, f"ftjob-bench{i}" if training else None,
             f"file-bench{i % 97}" if state != "queued" and state != "uploading" else None,

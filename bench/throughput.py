@@ -46,13 +46,13 @@ from _support import (
     DEFAULT_PG_ADMIN_URL,
     VENV_BIN,
     Child,
-    free_port,
     run_in_temp_dir,
     stack_urls,
     tunectl_argv,
-    wait_http,
     write_spec,
 )
+
+from orchestrator.loopback import free_port, wait_http
 
 TASK_LINE = re.compile(r"Task (tunectl\.step\.\w+)\[[^\]]+\] (succeeded|raised|failed|retry)"
                        r"(?: in ([0-9.e-]+)s)?")
@@ -62,7 +62,7 @@ API_KEY = "sk-bench-0123456789"
 def noop_worker(pool: str, concurrency: int) -> None:
     """Child mode: tunectl's worker, exactly as ``tunectl worker`` runs it, plus bench.noop."""
     from orchestrator.cli import _run_worker
-    from workers.app import app
+    from workers.app import QUEUES, app
 
     sink = os.environ["BENCH_NOOP_FILE"]
 
@@ -74,7 +74,7 @@ def noop_worker(pool: str, concurrency: int) -> None:
         finally:
             os.close(fd)
 
-    _run_worker(pool, concurrency)
+    _run_worker(pool, concurrency, QUEUES)
 
 
 def parse_args() -> argparse.Namespace:

@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 import httpx
-from _support import free_port, tunectl_argv
+from _support import tunectl_argv
+
+from orchestrator.loopback import free_port
 
 LINE = ('{"contents": [{"role": "user", "parts": [{"text": "Where is order %07d? %s"}]}, '
         '{"role": "model", "parts": [{"text": "It ships tomorrow from warehouse %d."}]}]}\n')

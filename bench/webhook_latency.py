@@ -47,13 +47,13 @@ from _support import (
     DEFAULT_PG_ADMIN_URL,
     VENV_BIN,
     Child,
-    free_port,
     run_in_temp_dir,
     stack_urls,
     tunectl_argv,
-    wait_http,
     write_spec,
 )
+
+from orchestrator.loopback import free_port, wait_http
 
 API_KEY = "sk-bench-0123456789"
 
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]
         TUNECTL_LOG_LEVEL=args.log_level,
         TUNECTL_WEBHOOKS=json.dumps([{"url": receiver.url, "events": ["succeeded"]}]),
         TUNECTL_WEBHOOK_SECRET=receiver_secret,
-        TUNECTL_WEBHOOK_ALLOW_NETWORKS='["127.0.0.1/32"]',
+        TUNECTL_WEBHOOK_ALLOW_NETWORKS=json.dumps([f"127.0.0.1:{receiver.port}"]),
         OPENAI_WEBHOOK_SECRET=openai_secret,
     )
     os.environ.update({k: v for k, v in env.items() if k.startswith(("TUNECTL_", "OPENAI_"))})
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]
             trains = args.duration + args.poll_interval * i / args.jobs
             ids.append(job_ops.submit(engine, blobs, spec.model_copy(update={"labels": {
                 "emulator_duration_s": f"{trains:.3f}", "bench": mode}}),
-                source="bench").job.id)
+                source="bench", project="bench").job.id)
         figures[mode] = measure(engine, admin, receiver, ids, first,
                                 time.monotonic() + args.timeout)
     return figures

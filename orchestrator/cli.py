@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,13 +28,16 @@ from orchestrator.config import Settings, get_settings
 from orchestrator.datasets.cli import app as dataset_app
 from orchestrator.db import deployments as deployment_rows
 from orchestrator.db.engine import check_migrated, get_engine, session_scope
-from orchestrator.db.models import (
-    WebhookAttempt,
-    WebhookDelivery,
-    WebhookEndpoint,
-)
+from orchestrator.db.models import WebhookDelivery
 from orchestrator.db.types import utcnow
-from orchestrator.documents import EventDoc, deployment_json, iso, job_json
+from orchestrator.documents import (
+    EventDoc,
+    attempt_json,
+    delivery_json,
+    deployment_json,
+    endpoint_json,
+    job_json,
+)
 from orchestrator.errors import ProviderError, UserError
 from orchestrator.remote import RemoteApi
 from orchestrator.specs import load_spec
@@ -295,32 +299,6 @@ def _deployments_table(found: list[dict[str, Any]], title: str | None = None) ->
     return table
 
 
-def delivery_json(d: WebhookDelivery, url: str) -> dict[str, Any]:
-    """A webhook delivery (one event for one endpoint) as the JSON the CLI prints."""
-    return {
-        "id": d.id, "job_id": d.job_id, "seq": d.seq, "event_type": d.event_type,
-        "endpoint": url, "source": d.source, "secret_name": d.secret_name, "status": d.status,
-        "attempts": d.attempts, "attempt_limit": d.attempt_limit,
-        "next_attempt_at": iso(d.next_attempt_at), "last_status_code": d.last_status_code,
-        "last_error": d.last_error, "created_at": iso(d.created_at),
-        "delivered_at": iso(d.delivered_at), "dead_at": iso(d.dead_at),
-    }
-
-
-def attempt_json(a: WebhookAttempt) -> dict[str, Any]:
-    """One delivery attempt as the JSON the CLI prints."""
-    return {"attempt": a.attempt, "outcome": a.outcome, "status_code": a.status_code,
-            "latency_ms": a.latency_ms, "error": a.error,
-            "response_snippet": a.response_snippet, "started_at": iso(a.started_at),
-            "finished_at": iso(a.finished_at)}
-
-
-def endpoint_json(e: WebhookEndpoint) -> dict[str, Any]:
-    """A webhook endpoint as the JSON the CLI prints."""
-    return {"id": e.id, "url": e.url, "state": e.state, "disabled_at": iso(e.disabled_at),
-            "disabled_reason": e.disabled_reason, "created_at": iso(e.created_at)}
-
-
 def _when(d: WebhookDelivery) -> str:
     at = {"delivered": d.delivered_at, "dead": d.dead_at}.get(d.status, d.next_attempt_at)
     label = {"delivered": "", "dead": ""}.get(d.status, "next ")
@@ -372,8 +350,8 @@ def webhook_deliveries(
 def webhook_redeliver(event: Annotated[str, typer.Argument(help="The event's webhook-id.")]
                       ) -> None:
     """Send a webhook event again, with the same webhook-id."""
-    engine = _engine(_settings())
-    found = webhook_ops.redeliver(engine, event)
+    settings = _settings()
+    found = webhook_ops.redeliver(_engine(settings), event, settings=settings)
     out.print(f"{found.delivery.id}: {found.delivery.event_type} to {found.endpoint.url} is "
               "due again; `tunectl webhooks deliveries "
               f"{found.delivery.id}` shows the attempt", highlight=False)
@@ -421,8 +399,17 @@ def scheduler() -> None:
 def worker(
     concurrency: Annotated[int, typer.Option(min=1, help="Parallel steps.")] = 4,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
+    queues: Annotated[str, typer.Option(help="Queues to consume, comma-separated: tunectl "
+                                        "(job steps, queued submissions) and tunectl.notify "
+                                        "(webhook deliveries).")] = "tunectl,tunectl.notify",
 ) -> None:
-    """Run a Celery worker that executes steps (and queued submissions)."""
+    """Run a Celery worker that executes steps, queued submissions and webhook deliveries."""
+    from workers.app import QUEUES
+
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(wanted) - set(QUEUES))
+    if not wanted or unknown:
+        raise UserError(f"--queues {queues!r}: name one or both of {', '.join(QUEUES)}")
     settings = _settings()
     _engine(settings)
     if settings.metrics_port:
@@ -431,7 +418,7 @@ def worker(
         from orchestrator.metrics import serve_process_metrics
 
         serve_process_metrics(settings.metrics_port)
-    _run_worker(pool, concurrency)
+    _run_worker(pool, concurrency, wanted)
 
 
 def _share_metrics_with_children() -> None:
@@ -510,6 +497,7 @@ def up(
     """Run the scheduler, a worker and the API in one process (the embedded default needs
     no servers)."""
     from orchestrator.scheduler import Scheduler
+    from workers.app import QUEUES
     from workers.tasks import dispatch
 
     settings = _settings()
@@ -524,7 +512,7 @@ def up(
     for thread in threads:
         thread.start()
     try:
-        _run_worker("threads", concurrency)
+        _run_worker("threads", concurrency, QUEUES)
     finally:
         stop.set()
         if server is not None:
@@ -533,12 +521,12 @@ def up(
             thread.join(timeout=10)
 
 
-def _run_worker(pool: str, concurrency: int) -> None:
-    from workers.app import QUEUE
+def _run_worker(pool: str, concurrency: int, queues: Sequence[str]) -> None:
     from workers.app import app as celery_app
 
     celery_app.worker_main([
-        "worker", "--pool", pool, "--concurrency", str(concurrency), "--queues", QUEUE,
+        "worker", "--pool", pool, "--concurrency", str(concurrency),
+        "--queues", ",".join(queues),
         "--loglevel", get_settings().log_level.upper(), "--without-gossip", "--without-mingle",
     ])
 

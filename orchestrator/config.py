@@ -4,8 +4,10 @@ Every setting has the env prefix ``TUNECTL_`` except provider credentials, which
 variables each provider's own tools read (``OPENAI_API_KEY`` …). A credential, and the
 database and broker URLs (they hold passwords), may also be given as a file:
 ``<NAME>_FILE`` holding the path (Docker and Kubernetes secrets, systemd credentials).
-Webhook signing secrets are read the same way, under the names job specs and
-``TUNECTL_WEBHOOKS`` give them.
+Webhook signing secrets are read the same way, under the names ``TUNECTL_WEBHOOKS`` and job
+specs give them; a job spec may name only those its project was given
+(``TUNECTL_WEBHOOK_PROJECT_SECRETS``), and nothing tunectl reads a setting or a credential
+from ever signs a webhook.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import binascii
 import math
 import os
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,13 +26,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyNetwork,
+    PlainValidator,
     SecretStr,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import MissingCredential, UserError
+from orchestrator.notify.ssrf import AllowedNetwork
 from orchestrator.specs import NotifyTarget
 
 #: A step may run for this share of its job's lease (Celery's task_time_limit is set from it).
@@ -41,6 +44,8 @@ DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 3
 DEFAULT_WEBHOOK_SECRET = "TUNECTL_WEBHOOK_SECRET"
 _SECRET_HELP = ("whsec_ followed by the base64 of 24 to 64 random bytes (several separated "
                 "by spaces while a secret is rotated)")
+#: The name of a webhook signing secret: an environment variable (or ``<NAME>_FILE``).
+SecretName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
 
 def default_data_dir() -> Path:
@@ -56,7 +61,7 @@ Project = Annotated[str, Field(pattern=PROJECT_PATTERN)]
 
 def check_project(value: object, where: str) -> str:
     """``value`` if it is a project name; else a UserError naming ``where``."""
-    if isinstance(value, str) and re.match(PROJECT_PATTERN, value):
+    if isinstance(value, str) and re.fullmatch(PROJECT_PATTERN, value):
         return value
     raise UserError(f"{where} {str(value)[:80]!r}: must be 1-64 lower-case letters, digits, "
                     "'_', '.' or '-', starting with a letter or digit")
@@ -181,14 +186,19 @@ class Settings(BaseSettings):
     #: Endpoints told about every job, besides each spec's ``notify``: a JSON list of
     #: ``{"url", "secret", "events"}``.
     webhooks: list[NotifyTarget] = Field(default_factory=list)
+    #: The signing secrets each project's job specs may name, as JSON: ``{"support":
+    #: ["SUPPORT_WEBHOOK_SECRET"]}``. A project not listed may name none, and a spec
+    #: target without a secret uses TUNECTL_WEBHOOK_SECRET only where it is listed.
+    webhook_project_secrets: dict[Project, list[SecretName]] = Field(default_factory=dict)
     #: Seconds before each attempt of a webhook (the first counts from the event), each
     #: jittered by ±20 %; after the last attempt fails the event is dead.
     webhook_retry_schedule_s: list[float] = Field(
         default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S))
     webhook_timeout_s: float = 15.0
-    #: Networks webhooks may reach although the SSRF guard refuses them (a development
-    #: receiver on loopback: ``["127.0.0.1/32"]``).
-    webhook_allow_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: Networks webhooks may reach although the SSRF guard refuses them, each on every
+    #: port or on one (a development receiver on loopback: ``["127.0.0.1:9000"]``).
+    webhook_allow_networks: list[Annotated[AllowedNetwork, PlainValidator(
+        AllowedNetwork.parse)]] = Field(default_factory=list)
     #: The secret OpenAI signs its webhooks with (``POST /webhooks/openai``).
     openai_webhook_secret: SecretStr | None = Field(
         default=None,
@@ -227,13 +237,24 @@ class Settings(BaseSettings):
                              "30 days in seconds")
         if self.webhook_timeout_s <= 0:
             raise ValueError("webhook_timeout_s must be positive")
+        named = [(f"webhook_project_secrets.{project}", name)
+                 for project, names in self.webhook_project_secrets.items() for name in names]
+        named += [(f"webhooks.{i}.secret", target.secret or DEFAULT_WEBHOOK_SECRET)
+                  for i, target in enumerate(self.webhooks)]
+        for where, name in named:
+            if _reserved(name):
+                raise ValueError(f"{where}: {name} holds a tunectl setting or a provider "
+                                 "credential, never a webhook signing secret; give webhooks "
+                                 "a secret of their own")
         return self
 
     @property
     def webhook_lease_s(self) -> float:
-        """How long one delivery attempt may hold its event: enough for the resolution,
-        the connection, sending and reading at ``webhook_timeout_s`` each."""
-        return 5 * self.webhook_timeout_s + 15
+        """How long one delivery attempt holds its event, from the moment a worker takes it
+        up: its deadline (``webhook_timeout_s``) and the database work around it. (Until
+        then the event is leased for ``lease_s``, as a job is: a message may wait that long
+        in the broker before the scheduler sends another.)"""
+        return self.webhook_timeout_s + 30
 
     @property
     def upload_deadline_s(self) -> float:
@@ -257,25 +278,67 @@ class Settings(BaseSettings):
             raise MissingCredential(f"{env} is not set; export it or set {env}_FILE to a file")
         return from_file
 
-
-    def webhook_secrets(self, name: str) -> list[str]:
+    def webhook_secrets(self, name: str, *, project: str | None = None) -> list[str]:
         """The signing secrets called ``name``: the environment variable, or the file named
         by ``<name>_FILE``. Each one signs every webhook, so that receivers can move from an
         old secret to a new one.
 
+        With ``project`` (a job spec's target), only a name the operator gave that project
+        is read, and one it was not given reads exactly as one that is not set: a spec learns
+        nothing about the environment. Without (``TUNECTL_WEBHOOKS``), any name but those of
+        tunectl's settings and the provider credentials.
+
         Raises:
-            MissingCredential: not set, unreadable, or not Standard Webhooks secrets.
+            MissingCredential: not set (for the project), unreadable, or not Standard
+                Webhooks secrets.
         """
-        raw = os.environ.get(name)
-        if raw is None:
-            raw = _secret_file(name)
-        if raw is None:
-            raise MissingCredential(f"webhook secret {name} is not set; export it or set "
-                                    f"{name}_FILE to a file holding {_SECRET_HELP}")
+        if project is not None:
+            allowed = name in self.webhook_project_secrets.get(project, ())
+            raw = _read_secret(name) if allowed and not _reserved(name) else None
+            if raw is None:
+                raise MissingCredential(
+                    f"webhook secret {name} is not set for project {project}; the operator sets "
+                    f"it (or {name}_FILE) and lists it for the project in "
+                    "TUNECTL_WEBHOOK_PROJECT_SECRETS")
+        elif _reserved(name):
+            raise MissingCredential(f"webhook secret {name} holds a tunectl setting or a "
+                                    "provider credential, never a webhook signing secret")
+        else:
+            raw = _read_secret(name)
+            if raw is None:
+                raise MissingCredential(f"webhook secret {name} is not set; export it or set "
+                                        f"{name}_FILE to a file holding {_SECRET_HELP}")
         secrets = raw.split()
         if not secrets or not all(_is_whsec(s) for s in secrets):
             raise MissingCredential(f"webhook secret {name} must be {_SECRET_HELP}")
         return secrets
+
+
+def _read_secret(name: str) -> str | None:
+    """The environment variable ``name``, else the file ``<name>_FILE`` names."""
+    raw = os.environ.get(name)
+    return _secret_file(name) if raw is None else raw
+
+
+@cache
+def _reserved_names() -> frozenset[str]:
+    """Every environment variable a setting or credential is read from (``TUNECTL_*`` and
+    the providers' own names, ``OPENAI_WEBHOOK_SECRET`` among them), in upper case: the
+    settings read them whatever their case."""
+    names: set[str] = set()
+    for field_name, info in Settings.model_fields.items():
+        names.add(f"TUNECTL_{field_name}".upper())
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices)
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+    return frozenset(names)
+
+
+def _reserved(name: str) -> bool:
+    """Whether ``name`` holds a setting or a credential (so it never signs a webhook)."""
+    return name.upper() in _reserved_names()
 
 
 def _secret_file(env: str) -> str | None:

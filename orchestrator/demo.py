@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from orchestrator.config import Settings
 from orchestrator.db.engine import make_engine, session_scope
 from orchestrator.db.models import Job, JobTransition
 from orchestrator.errors import ProviderError, UserError
+from orchestrator.loopback import free_port, wait_http
 from orchestrator.notify.receiver import Received, Receiver
 from orchestrator.providers import registry
 from orchestrator.providers.base import Prompter, connect
@@ -63,27 +63,10 @@ def _secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _tunectl(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as sink:
         return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env,
                                 stdout=sink, stderr=sink)
-
-
-def _wait_for(url: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
@@ -92,7 +75,7 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
     home = settings.data_dir / "demo"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    port, api_port = _free_port(), _free_port()
+    port, api_port = free_port(), free_port()
     receiver_secret, openai_secret = _secret(), _secret()
     receiver = Receiver(receiver_secret).start()
     env = {k: v for k, v in os.environ.items()
@@ -108,7 +91,7 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
                # only because the allow-list names it.
                TUNECTL_WEBHOOKS=json.dumps([{"url": receiver.url, "events": EVENTS}]),
                TUNECTL_WEBHOOK_SECRET=receiver_secret,
-               TUNECTL_WEBHOOK_ALLOW_NETWORKS='["127.0.0.1/32"]',
+               TUNECTL_WEBHOOK_ALLOW_NETWORKS=json.dumps([f"127.0.0.1:{receiver.port}"]),
                OPENAI_WEBHOOK_SECRET=openai_secret)
     google = f"http://127.0.0.1:{port}/google"
     key_file = home / "google-service-account.json"
@@ -123,7 +106,7 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
         children.append(_tunectl("emulator", "--port", str(port), "--job-duration",
                                  str(job_duration), env=env, log=log))
         deadline = time.monotonic() + 30
-        _wait_for(f"http://127.0.0.1:{port}/_emulator/stats", deadline)
+        wait_http(f"http://127.0.0.1:{port}/_emulator/stats", deadline)
         # As an OpenAI project's webhook endpoint would: job events go to tunectl api.
         httpx.put(f"http://127.0.0.1:{port}/_emulator/scenario", timeout=5, json={
             "job_duration_s": job_duration, "webhooks": {
@@ -140,7 +123,7 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
         subprocess.run([sys.executable, "-m", "orchestrator.cli", "db", "upgrade"], env=env,
                        check=True, stdout=subprocess.DEVNULL)
         children.append(_tunectl("up", env=env, log=log))
-        _wait_for(f"http://127.0.0.1:{api_port}/healthz", deadline)
+        wait_http(f"http://127.0.0.1:{api_port}/healthz", deadline)
         console.print("daemon started (scheduler + worker + API, SQLite + SQLAlchemy broker), "
                       f"API on http://127.0.0.1:{api_port} (jobs, and OpenAI's webhooks)",
                       highlight=False)

@@ -1,6 +1,7 @@
-"""The JSON documents of jobs, their history, deployments and provider events, as every
-front door gives them: ``tunectl … --json`` prints them and the HTTP API returns them (its
-OpenAPI schema is these models), so a script reads the same fields either way."""
+"""The JSON documents of jobs, their history, deployments, provider events and webhook
+deliveries, as every front door gives them: ``tunectl … --json`` prints them and the HTTP
+API returns them (its OpenAPI schema is these models), so a script reads the same fields
+either way."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.db.models import Deployment, Job, JobTransition
+from orchestrator.db.models import (
+    Deployment,
+    Job,
+    JobTransition,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from orchestrator.db.types import utcnow
 from orchestrator.providers.base import RemoteEvent
 
@@ -147,3 +155,83 @@ def job_json(job: Job, history: list[JobTransition] | None = None) -> dict[str, 
 def deployment_json(d: Deployment, now: datetime | None = None) -> dict[str, Any]:
     """A deployment as JSON data."""
     return DeploymentDoc.of(d, now).doc()
+
+
+class DeliveryDoc(_Document):
+    """A webhook delivery: one event for one endpoint."""
+
+    id: str
+    job_id: str
+    seq: int
+    event_type: str
+    endpoint: str
+    source: str
+    secret_name: str
+    status: str
+    attempts: int
+    attempt_limit: int | None
+    next_attempt_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    delivered_at: str | None
+    dead_at: str | None
+
+    @classmethod
+    def of(cls, d: WebhookDelivery, url: str) -> DeliveryDoc:
+        return cls(id=d.id, job_id=d.job_id, seq=d.seq, event_type=d.event_type,
+                   endpoint=url, source=d.source, secret_name=d.secret_name, status=d.status,
+                   attempts=d.attempts, attempt_limit=d.attempt_limit,
+                   next_attempt_at=iso(d.next_attempt_at), last_status_code=d.last_status_code,
+                   last_error=d.last_error, created_at=iso(d.created_at) or "",
+                   delivered_at=iso(d.delivered_at), dead_at=iso(d.dead_at))
+
+
+class AttemptDoc(_Document):
+    """One attempt to deliver a webhook event."""
+
+    attempt: int
+    outcome: str
+    status_code: int | None
+    latency_ms: float | None
+    error: str | None
+    response_snippet: str | None
+    started_at: str
+    finished_at: str
+
+    @classmethod
+    def of(cls, a: WebhookAttempt) -> AttemptDoc:
+        return cls(attempt=a.attempt, outcome=a.outcome, status_code=a.status_code,
+                   latency_ms=a.latency_ms, error=a.error, response_snippet=a.response_snippet,
+                   started_at=iso(a.started_at) or "", finished_at=iso(a.finished_at) or "")
+
+
+class EndpointDoc(_Document):
+    """A URL webhooks were sent to, and whether a 410 disabled it."""
+
+    id: str
+    url: str
+    state: str
+    disabled_at: str | None
+    disabled_reason: str | None
+    created_at: str
+
+    @classmethod
+    def of(cls, e: WebhookEndpoint) -> EndpointDoc:
+        return cls(id=e.id, url=e.url, state=e.state, disabled_at=iso(e.disabled_at),
+                   disabled_reason=e.disabled_reason, created_at=iso(e.created_at) or "")
+
+
+def delivery_json(d: WebhookDelivery, url: str) -> dict[str, Any]:
+    """A webhook delivery (sent to ``url``) as JSON data."""
+    return DeliveryDoc.of(d, url).doc()
+
+
+def attempt_json(a: WebhookAttempt) -> dict[str, Any]:
+    """A delivery attempt as JSON data."""
+    return AttemptDoc.of(a).doc()
+
+
+def endpoint_json(e: WebhookEndpoint) -> dict[str, Any]:
+    """A webhook endpoint as JSON data."""
+    return EndpointDoc.of(e).doc()

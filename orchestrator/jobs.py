@@ -106,7 +106,7 @@ def submit(engine: sa.Engine, blobs: BlobStore, spec: JobSpec, *, source: str,
     settings = settings or get_settings()
     plugin = checked_plugin(spec, source)
     options = pinned_options(plugin, settings, spec.provider_options, source)
-    outbox.check_targets(spec.notify, settings, source)
+    outbox.check_targets(spec.notify, settings, source, project)
     if datasets is None:
         datasets = Datasets(blobs.put_file(spec.training_file),
                             blobs.put_file(spec.validation_file) if spec.validation_file

@@ -3,11 +3,14 @@ then does the same for deployments to delete and webhook deliveries due.
 
 The database is the truth and the broker only carries wake-ups: a step message that is
 lost (broker flushed, worker killed) leaves a lease that expires, and the next tick sends
-the step again. Any number of schedulers may run; the claim never hands a job to two.
+the step again. When the broker is down, what could not be sent is due again a tick later
+(never at once: the scheduler would spin). Any number of schedulers may run; the claim
+never hands a job to two, and each pause is jittered so that they do not all wake at once.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -23,16 +26,19 @@ from orchestrator.db import queries
 from orchestrator.db.engine import session_scope
 from orchestrator.db.transition import transition
 from orchestrator.db.types import new_id, utcnow
+from orchestrator.dispatch import Dispatch, send_leased
 from orchestrator.errors import StaleTransition
 from orchestrator.notify import deliver
 from orchestrator.notify.outbox import Wake
 from orchestrator.states import PROVIDER_JOB_LIVE, STEP_FOR_STATE, FailureKind, State
 from orchestrator.steps import UNDEPLOY
-from orchestrator.steps.runner import Dispatch
 
 log = structlog.get_logger("tunectl.scheduler")
 #: The shortest pause between ticks, however soon the next job falls due.
 MIN_PAUSE_S = 0.05
+#: Each pause is longer by a random share of a tick up to this, so that many schedulers
+#: spread their wake-ups.
+JITTER_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,11 @@ class Scheduler:
         self.settings, self.engine, self.dispatch, self.now = settings, engine, dispatch, now
 
     def tick(self, *, jobs_only: bool = False) -> TickReport:
-        """Rescue expired leases, claim and dispatch due jobs in batches, then (unless
-        ``jobs_only``) the deployments that must be deleted and the webhook deliveries that
-        are due."""
-        report = self._jobs()
+        """Rescue expired leases, claim and dispatch due jobs in batches, then the
+        deployments that must be deleted and the webhook deliveries that are due. With
+        ``jobs_only`` (a wake-up between whole ticks, for a job falling due), only claim and
+        dispatch due jobs."""
+        report = self._jobs(rescue=not jobs_only)
         if jobs_only:
             return report
         counts = []
@@ -71,13 +78,25 @@ class Scheduler:
                 counts.append(0)
         return TickReport(report.rescued, report.dispatched, report.gave_up, *counts)
 
-    def _jobs(self) -> TickReport:
+    def _retry_at(self, now: datetime) -> datetime:
+        """When work whose message could not be sent is due again: a tick later."""
+        return now + timedelta(seconds=self.settings.scheduler_tick_s)
+
+    def _jobs(self, *, rescue: bool) -> TickReport:
         now = self.now()
-        with session_scope(self.engine) as session:
-            rescued = queries.rescue_expired_leases(session, now=now)
+        rescued = []
+        if rescue:
+            with session_scope(self.engine) as session:
+                rescued = queries.rescue_expired_leases(session, now=now)
         for job_id, state, attempts in rescued:
             log.warning("scheduler.lease_expired", job_id=job_id, state=state, attempts=attempts)
         dispatched = gave_up = 0
+        errors: dict[str, str | None] = {}  # a released job keeps its last error
+
+        def release(conn: sa.Connection, job_id: str, held: str) -> None:
+            queries.release_lease(conn, job_id, lease=held, next_run_at=self._retry_at(now),
+                                  last_error=errors[job_id])
+
         while True:
             lease = new_id("lease")
             with session_scope(self.engine) as session:
@@ -86,23 +105,16 @@ class Scheduler:
                     until=now + timedelta(seconds=self.settings.lease_s))
             for job in claimed:
                 metrics.PICKUP_LAG.observe(max(0.0, (now - job.next_run_at).total_seconds()))
-            for i, job in enumerate(claimed):
-                try:
-                    if job.attempts >= self.settings.max_attempts:
-                        gave_up += self._give_up(job, now)
-                    else:
-                        self.dispatch(STEP_FOR_STATE[State(job.state)], job.id, lease)
-                        dispatched += 1
-                except Exception as exc:
-                    # The broker (or the database) is unreachable: free the rest of the
-                    # batch now rather than at lease expiry, and leave it to the next tick.
-                    log.error("scheduler.dispatch_failed", job_id=job.id, error=str(exc))
-                    with session_scope(self.engine) as session:
-                        for rest in claimed[i:]:
-                            queries.release_lease(session, rest.id, lease=lease,
-                                                  next_run_at=now, last_error=rest.last_error)
-                    return TickReport(len(rescued), dispatched, gave_up)
-            if len(claimed) < self.settings.scheduler_batch:
+            spent = [job for job in claimed if job.attempts >= self.settings.max_attempts]
+            for job in spent:
+                gave_up += self._give_up(job, now)
+            due = [job for job in claimed if job.attempts < self.settings.max_attempts]
+            errors.update((job.id, job.last_error) for job in due)
+            sent = send_leased(self.engine, self.dispatch,
+                               [(STEP_FOR_STATE[State(j.state)], j.id, lease) for j in due],
+                               release)
+            dispatched += sent
+            if sent < len(due) or len(claimed) < self.settings.scheduler_batch:
                 return TickReport(len(rescued), dispatched, gave_up)
 
     def _deployments(self, now: datetime) -> int:
@@ -118,18 +130,10 @@ class Scheduler:
             claimed = queries.claim_due_deployments(
                 session, owner=lease, now=now, limit=self.settings.scheduler_batch,
                 until=now + timedelta(seconds=self.settings.lease_s))
-        for i, (deployment_id, _, _, _) in enumerate(claimed):
-            try:
-                self.dispatch(UNDEPLOY, deployment_id, lease)
-            except Exception as exc:
-                log.error("scheduler.dispatch_failed", deployment_id=deployment_id,
-                          error=str(exc))
-                with session_scope(self.engine) as session:
-                    for rest, *_ in claimed[i:]:
-                        queries.release_deployment_lease(session, rest, lease=lease,
-                                                         next_run_at=now, last_error=None)
-                return i
-        return len(claimed)
+        return send_leased(
+            self.engine, self.dispatch, [(UNDEPLOY, d, lease) for d, *_ in claimed],
+            lambda conn, d, held: queries.release_deployment_lease(
+                conn, d, lease=held, next_run_at=self._retry_at(now), last_error=None))
 
     def _deliveries(self, now: datetime) -> int:
         """Free expired delivery leases, then send the deliver step for every delivery due,
@@ -145,9 +149,10 @@ class Scheduler:
             with session_scope(self.engine) as session:
                 claimed = queries.claim_due_deliveries(
                     session, owner=lease, now=now, limit=self.settings.scheduler_batch,
-                    until=now + timedelta(seconds=self.settings.webhook_lease_s))
+                    until=now + timedelta(seconds=self.settings.lease_s))
             done = deliver.send_now(self.engine, self.dispatch,
-                                    [(delivery_id, lease) for delivery_id in claimed], now)
+                                    [(delivery_id, lease) for delivery_id in claimed],
+                                    self._retry_at(now))
             sent += done
             if done < len(claimed) or len(claimed) < self.settings.scheduler_batch:
                 return sent
@@ -170,19 +175,19 @@ class Scheduler:
         except StaleTransition:
             return 0
         log.error("scheduler.gave_up", job_id=job.id, step=step, reason=reason)
-        deliver.send_now(self.engine, self.dispatch, wake, now)
+        deliver.send_now(self.engine, self.dispatch, wake, self._retry_at(now))
         return 1
 
     def pause(self) -> float:
         """Seconds until the next tick: ``scheduler_tick_s``, or less when a job falls due
         sooner, so that a poll is sent when it is due rather than up to a tick later (never
-        less than MIN_PAUSE_S)."""
+        less than MIN_PAUSE_S); plus a random JITTER_SHARE of a tick at most."""
         tick = self.settings.scheduler_tick_s
         with self.engine.connect() as conn:
             due = queries.next_due(conn)
-        if due is None:
-            return tick
-        return min(tick, max(MIN_PAUSE_S, (due - self.now()).total_seconds()))
+        pause = tick if due is None else min(
+            tick, max(MIN_PAUSE_S, (due - self.now()).total_seconds()))
+        return pause + random.uniform(0, JITTER_SHARE * tick)
 
     def run(self, stop: threading.Event) -> None:
         """Tick every ``scheduler_tick_s`` (sooner when a job falls due sooner) until

@@ -1,7 +1,7 @@
-"""Webhook operations shared by every front door (CLI, and later the HTTP API): list
-deliveries and their attempts, redeliver an event under its own webhook-id, list the
-endpoints and enable one that a 410 disabled. Each completes whole or raises a UserError;
-the sending itself is the deliver step's (the scheduler sends what is due)."""
+"""Webhook operations of ``tunectl webhooks``: list deliveries and their attempts,
+redeliver an event under its own webhook-id, list the endpoints and enable one that a 410
+disabled. Each completes whole or raises a UserError; the sending itself is the deliver
+step's (the scheduler sends what is due)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from orchestrator.config import Settings
 from orchestrator.db import webhooks as rows
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -46,16 +47,18 @@ def event(engine: sa.Engine, delivery_id: str) -> Event:
         return Event(found, endpoint, rows.attempts(session, delivery_id))
 
 
-def redeliver(engine: sa.Engine, delivery_id: str, *, now: datetime | None = None) -> Event:
-    """Send an event again with the same webhook-id: it is due at once, with one attempt
-    more (delivered or dead events included)."""
+def redeliver(engine: sa.Engine, delivery_id: str, *, settings: Settings,
+              now: datetime | None = None) -> Event:
+    """Send an event again with the same webhook-id: it is due at once, a delivered or dead
+    one with one attempt more, a pending one keeping the attempts it had left."""
     found = event(engine, delivery_id)
     endpoint = found.endpoint
     if endpoint.state == "disabled":
         raise UserError(f"endpoint {endpoint.url} is disabled ({endpoint.disabled_reason}); "
                         f"`tunectl webhooks enable {endpoint.url}` first")
     with engine.begin() as conn:
-        if not rows.redeliver(conn, found.delivery, now or utcnow()):
+        if not rows.redeliver(conn, found.delivery, now or utcnow(),
+                              len(settings.webhook_retry_schedule_s)):
             raise UserError(f"webhook event {delivery_id} is being delivered right now; "
                             "`tunectl webhooks deliveries` shows how it went")
     return event(engine, delivery_id)

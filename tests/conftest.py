@@ -22,8 +22,9 @@ STACK = os.environ.get("TUNECTL_TEST_STACK", "embedded")
 PG_ADMIN_URL = os.environ.get("TUNECTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TUNECTL_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 API_KEY = "sk-test-4f9a8b7c6d5e"
-TABLES = ("webhook_attempts", "webhook_deliveries", "webhook_endpoints", "deployment_transitions",
-          "deployments", "job_transitions", "provider_files", "uploaded_datasets", "jobs")
+TABLES = ("provider_webhooks_seen", "webhook_attempts", "webhook_deliveries", "webhook_endpoints",
+          "deployment_transitions", "deployments", "job_transitions", "provider_files",
+          "uploaded_datasets", "jobs")
 
 if STACK not in ("embedded", "production"):
     raise pytest.UsageError(f"TUNECTL_TEST_STACK={STACK!r}: use embedded or production")

@@ -35,6 +35,8 @@ from orchestrator.steps.runner import run_step
 SECRET = "whsec_" + base64.b64encode(b"tunectl-test-webhook-secret-0001").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"tunectl-test-webhook-secret-0002").decode()
 SECRET_NAME = "TEST_WEBHOOK_SECRET"
+#: The secret names the tests' project may sign its specs' webhooks with.
+PROJECT_SECRETS = {"default": [SECRET_NAME, "ROTATING_SECRET", "NOT_SET_ANYWHERE"]}
 
 
 class Clock:
@@ -226,13 +228,15 @@ class Pump:
             return job_ops.history(session, job_id)
 
 
-def hooked_job(engine: sa.Engine, url: str, now: datetime, *, secret: str = SECRET_NAME) -> str:
-    """A job whose one webhook target gets every transition, inserted as submitted: its
-    ``job.queued`` event is written at once. Returns that event's id (its delivery id)."""
+def hooked_job(engine: sa.Engine, url: str, now: datetime, *, secret: str = SECRET_NAME,
+               project: str = "default") -> str:
+    """A job of ``project`` whose one webhook target gets every transition, inserted as
+    submitted: its ``job.queued`` event is written at once. Returns that event's id (its
+    delivery id)."""
     from orchestrator.db.transition import insert_job
     from orchestrator.db.types import new_id
 
-    job = Job(id=new_id("job"), name="hooked", provider="openai", base_model="m",
+    job = Job(id=new_id("job"), project=project, name="hooked", provider="openai", base_model="m",
               method="sft", spec={"notify": [{"url": url, "secret": secret, "events": ["all"]}]},
               spec_sha256="0" * 64, training_blob="0" * 64)
     with session_scope(engine) as session:
@@ -257,15 +261,14 @@ def claim_deliveries(engine: sa.Engine, now: datetime, lease_s: float = 60) -> t
 @contextmanager
 def serve_in_thread(app: Any) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port; yield its base URL."""
-    import socket
     import threading
     import time
 
     import uvicorn
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from orchestrator.loopback import free_port
+
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", ws="none", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)

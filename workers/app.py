@@ -7,6 +7,9 @@
   so a slow step is never handed to a second worker while it runs.
 - Each step renews its job's lease when it starts and is killed at 90 % of it
   (``task_time_limit``), so no step outlives its lease.
+- Webhook deliveries have a queue of their own (``tunectl.notify``), so that slow
+  endpoints never take the slots of job steps (``tunectl``). ``tunectl worker`` consumes
+  both unless told otherwise; an operator can give deliveries workers of their own.
 Even so, the broker only carries wake-ups: a lost message costs one lease, after which the
 scheduler sends the step again from the database.
 """
@@ -24,7 +27,12 @@ from orchestrator.db.engine import get_engine
 from orchestrator.notify.deliver import reset_client
 from orchestrator.providers.http import set_shared_client
 
+#: The queue of job steps, deployments' undeploy steps and queued submissions.
 QUEUE = "tunectl"
+#: The queue of webhook deliveries.
+NOTIFY_QUEUE = "tunectl.notify"
+#: What ``tunectl worker`` consumes by default.
+QUEUES = (QUEUE, NOTIFY_QUEUE)
 
 
 def create_app() -> Celery:
@@ -39,6 +47,7 @@ def create_app() -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=QUEUE,
+        task_routes={"tunectl.notify.deliver": {"queue": NOTIFY_QUEUE}},
         # A step starts with at least this share of its lease left (db.queries.take_up);
         # ending it in time means a stuck step never overlaps the retry the scheduler sends
         # once the lease expires.

@@ -20,7 +20,7 @@ from orchestrator.notify.deliver import DELIVER
 from orchestrator.specs import parse_spec
 from orchestrator.steps import STEPS, UNDEPLOY
 from orchestrator.steps.runner import run_step
-from workers.app import QUEUE, app
+from workers.app import NOTIFY_QUEUE, QUEUE, app
 
 #: The documented name producers send specs to (docs/api.md, "Queue submission").
 SUBMIT_TASK = "tunectl.submit"
@@ -33,8 +33,10 @@ def task_name(step: str) -> str:
 
 
 def dispatch(step: str, job_id: str, lease: str) -> None:
-    """Send the message that runs ``step`` for ``job_id`` under ``lease``."""
-    app.send_task(task_name(step), args=[job_id, lease], queue=QUEUE)
+    """Send the message that runs ``step`` for ``job_id`` under ``lease`` (on its queue:
+    deliveries on ``tunectl.notify``, everything else on ``tunectl``)."""
+    app.send_task(task_name(step), args=[job_id, lease],
+                  queue=NOTIFY_QUEUE if step == DELIVER else QUEUE)
 
 
 def _make_task(step: str) -> Any:

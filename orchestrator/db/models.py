@@ -1,7 +1,7 @@
 """The tables: jobs, their append-only transition history, uploaded provider files,
 deployments of tuned models with their own history, the datasets each project uploaded
-through the API, and webhook notifications (endpoints, the outbox of deliveries, and every
-delivery attempt).
+through the API, webhook notifications (endpoints, the outbox of deliveries, and every
+delivery attempt), and the ids of providers' webhooks received lately (to ignore replays).
 
 The tables hold their own invariants as CHECK constraints, so that no code path (or a
 hand-written UPDATE from an operator) can leave a job half-terminal or half-leased.
@@ -348,7 +348,8 @@ class WebhookDelivery(SQLModel, table=True):
     status: str = Field(default="pending", max_length=20)
     #: Attempts started; the event is dead once ``attempt_limit`` of them failed.
     attempts: int = 0
-    #: Null: as many attempts as the retry schedule has; a redelivery allows one more.
+    #: Null: as many attempts as the retry schedule has; a redelivery of a delivered or
+    #: dead event allows one more.
     attempt_limit: int | None = None
     next_attempt_at: datetime | None = _tz(default=None)
     lease_owner: str | None = Field(default=None, max_length=80)
@@ -391,6 +392,21 @@ class WebhookAttempt(SQLModel, table=True):
     finished_at: datetime = _tz()
 
 
+class ProviderWebhookSeen(SQLModel, table=True):
+    """A provider's webhook that was verified and acted on, kept while a replay of it would
+    still verify (its timestamp's tolerance), so that a replay changes nothing. Several API
+    processes share it; entries older than that are deleted as new ones come."""
+
+    __tablename__ = "provider_webhooks_seen"
+    __table_args__ = (sa.Index("ix_provider_webhooks_seen_received_at", "received_at"),)
+
+    provider: str = Field(primary_key=True, max_length=40)
+    #: The request's ``webhook-id`` header.
+    webhook_id: str = Field(primary_key=True, max_length=200)
+    received_at: datetime = _tz()
+
+
 ENDPOINTS: sa.Table = WebhookEndpoint.__table__  # type: ignore[attr-defined]
 DELIVERIES: sa.Table = WebhookDelivery.__table__  # type: ignore[attr-defined]
 ATTEMPTS: sa.Table = WebhookAttempt.__table__  # type: ignore[attr-defined]
+WEBHOOKS_SEEN: sa.Table = ProviderWebhookSeen.__table__  # type: ignore[attr-defined]

@@ -13,11 +13,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from orchestrator.config import STEP_SHARE_OF_LEASE
-from orchestrator.db.models import DELIVERIES, DEPLOYMENTS, JOBS, Deployment, Job, WebhookDelivery
-from orchestrator.db.types import TZDateTime
+from orchestrator.db.models import (
+    DELIVERIES,
+    DEPLOYMENTS,
+    JOBS,
+    WEBHOOKS_SEEN,
+    Deployment,
+    Job,
+    WebhookDelivery,
+)
+from orchestrator.db.types import TZDateTime, new_id
 
 #: Statements run on a session's connection or on a bare connection (the hot path).
 DB = Session | sa.Connection
@@ -139,9 +148,10 @@ def take_up(db: DB, job_id: str, *, lease: str, states: Collection[str],
     """Start a step: the job, if ``lease`` still holds it in one of ``states`` and has not
     lapsed; None for a stale, duplicate or late message (the job may be with another worker).
 
-    One guarded UPDATE: it counts the attempt and, if less than STEP_SHARE_OF_LEASE of the
-    lease is left (the message waited in the broker), renews the lease to a whole one, so
-    that no step outlives its lease.
+    One guarded UPDATE: it counts the attempt (unless a provider's webhook caused it: a
+    ``poke_lease``, so that webhooks, replayed ones included, never use up a job's
+    attempts) and, if less than STEP_SHARE_OF_LEASE of the lease is left (the message waited
+    in the broker), renews the lease to a whole one, so that no step outlives its lease.
     """
     renew_before = now + timedelta(seconds=lease_s * STEP_SHARE_OF_LEASE)
     expires = JOBS.c.lease_expires_at
@@ -149,7 +159,7 @@ def take_up(db: DB, job_id: str, *, lease: str, states: Collection[str],
         sa.update(JOBS)
         .where(JOBS.c.id == job_id, JOBS.c.lease_owner == lease, expires > now,
                JOBS.c.state.in_(states))
-        .values(attempts=JOBS.c.attempts + 1,
+        .values(attempts=JOBS.c.attempts + (0 if is_poke(lease) else 1),
                 lease_expires_at=sa.case((expires < renew_before,
                                           now + timedelta(seconds=lease_s)), else_=expires))
         .returning(*JOBS.c)
@@ -167,9 +177,11 @@ def release_lease(
     attempts: int | None = None,
     last_error: str | None = None,
     provider_status: str | None = None,
+    unpoke: bool = False,
 ) -> Released | None:
     """Give the lease back and set when the job is next due; None if the lease was lost
-    (or, with ``version``, if the job changed meanwhile: a cancel landed).
+    (or, with ``version``, if the job changed meanwhile: a cancel landed). ``unpoke``
+    forgets a provider's webhook that came meanwhile (a retry keeps its backoff).
 
     Lease tokens are unique per claim and a rescue clears the lease, so a step whose job
     was rescued meanwhile changes nothing.
@@ -180,6 +192,8 @@ def release_lease(
         values["attempts"] = attempts
     if provider_status is not None:
         values["provider_status"] = provider_status
+    if unpoke:
+        values["poked_at"] = None
     guard = [JOBS.c.id == job_id, JOBS.c.lease_owner == lease]
     if version is not None:
         guard.append(JOBS.c.version == version)
@@ -281,7 +295,23 @@ def release_deployment_lease(db: DB, deployment_id: str, *, lease: str,
 
 # --- Inbound provider webhooks ----------------------------------------------------------------
 
+#: The lease prefix of steps a provider's webhook caused (``poke_lease``).
+POKE = "poke"
+
+
+def poke_lease() -> str:
+    """A lease token for a step a provider's webhook caused: its take-up is not counted."""
+    return new_id(POKE)
+
+
+def is_poke(lease: str) -> bool:
+    """Whether ``lease`` is a ``poke_lease``."""
+    return lease.startswith(f"{POKE}_")
+
+
 # SET expressions all read the row as it was, so each CASE sees the lease before the UPDATE.
+# An unleased job whose last step asked for a retry (last_error set) is left alone: its
+# backoff (a provider's Retry-After, say) holds.
 _POKE_JOBS = """
     UPDATE jobs SET
         lease_owner = CASE WHEN lease_owner IS NULL THEN :owner ELSE lease_owner END,
@@ -289,6 +319,7 @@ _POKE_JOBS = """
         next_run_at = CASE WHEN lease_owner IS NULL THEN :now ELSE next_run_at END,
         poked_at = CASE WHEN lease_owner IS NULL THEN NULL ELSE :now END
     WHERE provider = :provider AND provider_job_id = :provider_job_id AND state IN :states
+      AND (lease_owner IS NOT NULL OR last_error IS NULL)
     RETURNING id, state, lease_owner = :owner
 """
 
@@ -315,9 +346,10 @@ def poke_jobs(db: DB, *, provider: str, provider_job_id: str, states: Collection
               owner: str, now: datetime, until: datetime) -> list[Poked]:
     """A provider said its job ``provider_job_id`` changed: the tunectl job in one of
     ``states`` should look now rather than at its next poll. An unleased job is leased to
-    ``owner`` at once; a leased one is marked poked (``jobs.poked_at``), so that the step
-    holding it, which may have asked the provider a moment too early, runs again when it
-    gives the lease back (``release_lease`` says so). Served by ix_jobs_provider_job.
+    ``owner`` (a ``poke_lease``) at once, unless it waits to retry; a leased one is marked
+    poked (``jobs.poked_at``), so that the step holding it, which may have asked the
+    provider a moment too early, runs again when it gives the lease back (``release_lease``
+    says so). Served by ix_jobs_provider_job.
     """
     stmt = sa.text(_POKE_JOBS).bindparams(
         sa.bindparam("now", type_=TZDateTime()), sa.bindparam("until", type_=TZDateTime()),
@@ -338,6 +370,23 @@ def claim_job(db: DB, job_id: str, *, owner: str, now: datetime,
     found = connection(db).execute(
         stmt, {"id": job_id, "owner": owner, "now": now, "until": until}).scalar_one_or_none()
     return None if found is None else str(found)
+
+
+def remember_webhook(db: DB, *, provider: str, webhook_id: str, now: datetime,
+                     keep_s: float) -> bool:
+    """Note that ``provider``'s webhook ``webhook_id`` was received; False if it had been
+    already within ``keep_s`` (a replay). Entries older than that are forgotten first
+    (served by ix_provider_webhooks_seen_received_at). On PostgreSQL a concurrent insert of
+    the same id waits for the first and then finds it, so only one process acts on it."""
+    conn = connection(db)
+    conn.execute(sa.delete(WEBHOOKS_SEEN).where(
+        WEBHOOKS_SEEN.c.received_at < now - timedelta(seconds=keep_s)))
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    # RETURNING rather than rowcount, which psycopg reports as 1 for a conflict skipped.
+    inserted = conn.execute(dialect.insert(WEBHOOKS_SEEN).values(
+        provider=provider, webhook_id=webhook_id, received_at=now).on_conflict_do_nothing()
+        .returning(WEBHOOKS_SEEN.c.webhook_id)).first()
+    return inserted is not None
 
 
 # --- Webhook deliveries -----------------------------------------------------------------------
@@ -391,7 +440,9 @@ def claim_due_deliveries(db: DB, *, owner: str, now: datetime, until: datetime,
 
 def rescue_expired_delivery_leases(db: DB, *, now: datetime) -> list[tuple[str, int]]:
     """Free the delivery leases that expired (the attempt's worker died or its message was
-    lost), served by ix_webhook_deliveries_leased; the delivery is claimable again at once.
+    lost), served by ix_webhook_deliveries_leased. The delivery is due again at its
+    ``next_attempt_at``: still the time it was due if its message was lost, the retry time
+    its attempt set when taken up if that attempt was lost with its worker.
     Returns (delivery id, attempts) of each."""
     stmt = sa.text(_RESCUE_EXPIRED_DELIVERY_LEASES).bindparams(
         sa.bindparam("now", type_=TZDateTime()))
@@ -400,18 +451,16 @@ def rescue_expired_delivery_leases(db: DB, *, now: datetime) -> list[tuple[str, 
 
 def take_up_delivery(db: DB, delivery_id: str, *, lease: str, now: datetime,
                      lease_s: float) -> WebhookDelivery | None:
-    """Start an attempt: the delivery, if ``lease`` still holds it, pending and unlapsed
-    (counting the attempt and renewing a lease that waited in the broker); None for a
-    stale or duplicate message."""
-    renew_before = now + timedelta(seconds=lease_s * STEP_SHARE_OF_LEASE)
-    expires = DELIVERIES.c.lease_expires_at
+    """Start an attempt: the delivery, if ``lease`` still holds it, pending and unlapsed,
+    with the attempt counted and the lease now ``lease_s`` from ``now`` (the attempt's own,
+    however long the message waited in the broker); None for a stale or duplicate
+    message."""
     row = connection(db).execute(
         sa.update(DELIVERIES)
         .where(DELIVERIES.c.id == delivery_id, DELIVERIES.c.lease_owner == lease,
-               expires > now, DELIVERIES.c.status == "pending")
+               DELIVERIES.c.lease_expires_at > now, DELIVERIES.c.status == "pending")
         .values(attempts=DELIVERIES.c.attempts + 1, updated_at=now,
-                lease_expires_at=sa.case((expires < renew_before,
-                                          now + timedelta(seconds=lease_s)), else_=expires))
+                lease_expires_at=now + timedelta(seconds=lease_s))
         .returning(*DELIVERIES.c)
     ).one_or_none()
     return None if row is None else WebhookDelivery(**row._mapping)

@@ -19,6 +19,7 @@ from orchestrator.db.models import (
     ATTEMPTS,
     DELIVERIES,
     ENDPOINTS,
+    JOBS,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
@@ -87,21 +88,39 @@ def give_up(conn: sa.Connection, delivery: WebhookDelivery, lease: str, reason: 
     return bool(done)
 
 
-def release(conn: sa.Connection, delivery_id: str, lease: str, now: datetime) -> None:
-    """Hand a delivery's lease back with it due now (its message could not be sent)."""
+def retry_if_lost(conn: sa.Connection, delivery_id: str, lease: str, at: datetime) -> None:
+    """Set when an attempt just taken up under ``lease`` is retried if it never records
+    its outcome (its worker dies): the lease's rescue leaves the delivery due then, not at
+    once, so lost attempts keep to the schedule too."""
     conn.execute(sa.update(DELIVERIES)
                  .where(DELIVERIES.c.id == delivery_id, DELIVERIES.c.lease_owner == lease)
-                 .values(lease_owner=None, lease_expires_at=None, next_attempt_at=now))
+                 .values(next_attempt_at=at))
 
 
-def redeliver(conn: sa.Connection, delivery: WebhookDelivery, now: datetime) -> bool:
-    """Make a delivery that is not being attempted right now due at once, with one more
-    attempt allowed, keeping its id (its webhook-id). False if an attempt holds it."""
+def release(conn: sa.Connection, delivery_id: str, lease: str, due: datetime) -> None:
+    """Hand a delivery's lease back with it due at ``due`` (its message could not be
+    sent)."""
+    conn.execute(sa.update(DELIVERIES)
+                 .where(DELIVERIES.c.id == delivery_id, DELIVERIES.c.lease_owner == lease)
+                 .values(lease_owner=None, lease_expires_at=None, next_attempt_at=due))
+
+
+def redeliver(conn: sa.Connection, delivery: WebhookDelivery, now: datetime,
+              schedule_limit: int) -> bool:
+    """Make a delivery that is not being attempted right now due at once, keeping its id
+    (its webhook-id): a delivered or dead one with one more attempt allowed, a pending one
+    with the attempts it had left (``schedule_limit`` by default), and at least one more.
+    False if an attempt holds it or it changed since ``delivery`` was read."""
+    limit = delivery.attempts + 1
+    if delivery.status == "pending":
+        limit = max(limit, delivery.attempt_limit or schedule_limit)
     done = conn.execute(
         sa.update(DELIVERIES)
-        .where(DELIVERIES.c.id == delivery.id, DELIVERIES.c.lease_owner.is_(None))
+        .where(DELIVERIES.c.id == delivery.id, DELIVERIES.c.lease_owner.is_(None),
+               DELIVERIES.c.status == delivery.status,
+               DELIVERIES.c.attempts == delivery.attempts)
         .values(status="pending", next_attempt_at=now, delivered_at=None, dead_at=None,
-                attempt_limit=DELIVERIES.c.attempts + 1, updated_at=now)).rowcount
+                attempt_limit=limit, updated_at=now)).rowcount
     return bool(done)
 
 
@@ -145,6 +164,12 @@ def attempts(session: Session, delivery_id: str) -> list[WebhookAttempt]:
     return list(session.exec(select(WebhookAttempt)
                              .where(col(WebhookAttempt.delivery_id) == delivery_id)
                              .order_by(col(WebhookAttempt.attempt))))
+
+
+def job_project(db: DB, job_id: str) -> str:
+    """The project of a delivery's job."""
+    return str(connection(db).execute(
+        sa.select(JOBS.c.project).where(JOBS.c.id == job_id)).scalar_one())
 
 
 def endpoints(session: Session) -> list[WebhookEndpoint]:

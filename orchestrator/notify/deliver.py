@@ -5,7 +5,9 @@ The scheduler claims due deliveries from the database and sends one message each
 does for job steps; the events of a step's own transition are sent as soon as it commits.
 An attempt signs the stored payload with the current time and every secret of its name,
 resolves the endpoint through the SSRF guard and sends it to the checked address without
-following redirects, then records the attempt:
+following redirects, all within one deadline (``webhook_timeout_s``, the lookup included:
+httpx's own timeouts bound each read, not the whole, so an endpoint dripping its answer
+would otherwise hold the worker), then records the attempt:
 
 - 2xx: delivered.
 - 410 Gone: the endpoint is disabled (until ``tunectl webhooks enable URL``), the event dead.
@@ -17,12 +19,15 @@ following redirects, then records the attempt:
 
 from __future__ import annotations
 
-import random
+import contextlib
+import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -34,8 +39,9 @@ from orchestrator.db import queries
 from orchestrator.db import webhooks as rows
 from orchestrator.db.models import WebhookDelivery
 from orchestrator.db.types import utcnow
+from orchestrator.dispatch import Dispatch, send_leased
 from orchestrator.errors import DestinationRefused, MissingCredential
-from orchestrator.notify import sign, ssrf
+from orchestrator.notify import schedule, sign, ssrf
 from orchestrator.notify.outbox import Wake
 from orchestrator.providers.http import retry_after
 
@@ -54,19 +60,25 @@ _client: httpx.Client | None = None
 _client_lock = threading.Lock()
 
 
+def new_client(settings: Settings, verify: ssl.SSLContext | bool = True) -> httpx.Client:
+    """A client for webhooks: no redirects, no proxy settings from the environment, no
+    kept-alive connections (each attempt connects to the address the SSRF guard just
+    checked), and answers taken as they are sent (``accept-encoding: identity``; the
+    snippet is read raw, never decompressed)."""
+    return httpx.Client(
+        timeout=httpx.Timeout(settings.webhook_timeout_s), verify=verify,
+        follow_redirects=False, trust_env=False,
+        limits=httpx.Limits(max_connections=50, max_keepalive_connections=0),
+        headers={"user-agent": f"tunectl-webhooks/{__version__}",
+                 "accept-encoding": "identity"})
+
+
 def webhook_client(settings: Settings) -> httpx.Client:
-    """The process's client for webhooks: no redirects, no proxy settings from the
-    environment, no kept-alive connections (each attempt connects to the address the SSRF
-    guard just checked)."""
+    """The process's client for webhooks (``new_client``)."""
     global _client
     with _client_lock:
         if _client is None:
-            timeout = settings.webhook_timeout_s
-            _client = httpx.Client(
-                timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                follow_redirects=False, trust_env=False,
-                limits=httpx.Limits(max_connections=50, max_keepalive_connections=0),
-                headers={"user-agent": f"tunectl-webhooks/{__version__}"})
+            _client = new_client(settings)
         return _client
 
 
@@ -89,18 +101,80 @@ class Response:
     retry_after: float | None
 
 
+class Deadline:
+    """The time an attempt has left; once it passes, the attempt's connection is shut
+    down (from a timer thread), so that whatever read or write is under way ends."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def left(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's ``trace`` extension: note the connection's socket as it is made
+        (and again once TLS wraps it)."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            with self._lock:
+                self._sock = info["return_value"].get_extra_info("socket")
+                if self.expired:
+                    self._shut()
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        """Shut the connection down if the deadline passes within the block."""
+        timer = threading.Timer(self.left(), self._expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shut()
+
+    def _shut(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+
 def post(client: httpx.Client, destination: ssrf.Destination, headers: dict[str, str],
-         body: bytes) -> Response:
+         body: bytes, deadline: Deadline) -> Response:
     """POST ``body`` to the checked address, naming the URL's host in the Host header and
     to TLS (SNI and the certificate check), and keep the start of the answer: its first
-    chunk only, so that an endpoint dripping its body cannot hold the attempt."""
+    chunk, as sent, so that an endpoint dripping or compressing its body cannot hold the
+    attempt or fill memory.
+
+    Raises:
+        httpx.TimeoutException: the deadline passed (or one phase timed out).
+        httpx.HTTPError: the request failed.
+    """
     url = destination.url
     target = url.copy_with(host=str(destination.address))
-    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-    with client.stream("POST", target, content=body, extensions=extensions,
-                       headers={**headers, "host": url.netloc.decode("ascii")}) as response:
-        head = next(response.iter_bytes(), b"")
-    snippet = head[:SNIPPET_BYTES].decode("utf-8", errors="replace")
+    extensions: dict[str, Any] = {"trace": deadline.trace}
+    if url.scheme == "https":
+        extensions["sni_hostname"] = destination.host
+    try:
+        with deadline.armed(), client.stream(
+                "POST", target, content=body, extensions=extensions,
+                timeout=httpx.Timeout(max(deadline.left(), 0.001)),
+                headers={**headers, "host": url.netloc.decode("ascii")}) as response:
+            head = next(response.iter_raw(SNIPPET_BYTES), b"")
+    except httpx.HTTPError as exc:
+        if deadline.expired:
+            raise httpx.TimeoutException(
+                f"the attempt took over {deadline.seconds:g} s") from exc
+        raise
+    # PostgreSQL text cannot hold NUL: an answer with NUL bytes must still be recorded.
+    snippet = head[:SNIPPET_BYTES].decode("utf-8", errors="replace").replace("\0", "\ufffd")
     return Response(response.status_code, snippet, retry_after(response.headers))
 
 
@@ -109,9 +183,16 @@ def run(delivery_id: str, lease: str, *, settings: Settings, engine: sa.Engine,
         client: httpx.Client | None = None) -> str:
     """Attempt the delivery if this message still holds its lease; return what happened."""
     with engine.begin() as conn:
-        delivery = queries.take_up_delivery(conn, delivery_id, lease=lease, now=now(),
+        taken_at = now()
+        delivery = queries.take_up_delivery(conn, delivery_id, lease=lease, now=taken_at,
                                             lease_s=settings.webhook_lease_s)
+        if delivery is not None:
+            rows.retry_if_lost(conn, delivery.id, lease, taken_at + timedelta(
+                seconds=next_delay(settings, delivery.attempts, None)))
         endpoint = rows.endpoint(conn, delivery.endpoint_id) if delivery else None
+        # A job spec's target may sign only with the secrets its project was given.
+        project = rows.job_project(conn, delivery.job_id) \
+            if delivery and delivery.source == "spec" else None
     if delivery is None or endpoint is None:
         log.info("webhook.skipped", delivery_id=delivery_id,
                  why="lease not held, lapsed, or delivered (duplicate or stale message)")
@@ -129,16 +210,17 @@ def run(delivery_id: str, lease: str, *, settings: Settings, engine: sa.Engine,
                              attempted=endpoint.state != "disabled")
             log.warning("webhook.dead", why=reason, attempts=delivery.attempts)
             return "dead"
-        attempt, answer = _attempt(delivery, endpoint.url, settings, resolver,
+        attempt, answer = _attempt(delivery, endpoint.url, project, settings, resolver,
                                    client or webhook_client(settings), now)
         return _record(engine, delivery, lease, attempt, answer, limit, settings)
 
 
-def _attempt(delivery: WebhookDelivery, url: str, settings: Settings, resolver: ssrf.Resolver,
-             client: httpx.Client, now: Callable[[], datetime]
+def _attempt(delivery: WebhookDelivery, url: str, project: str | None, settings: Settings,
+             resolver: ssrf.Resolver, client: httpx.Client, now: Callable[[], datetime]
              ) -> tuple[rows.Attempt, Response | None]:
     """Sign, check and send; never raises for what an endpoint or the network does."""
     started = now()
+    deadline = Deadline(settings.webhook_timeout_s)
 
     def done(outcome: str, error: str | None = None, answer: Response | None = None,
              latency_ms: float | None = None) -> tuple[rows.Attempt, Response | None]:
@@ -146,8 +228,9 @@ def _attempt(delivery: WebhookDelivery, url: str, settings: Settings, resolver: 
                             latency_ms, error, answer.snippet if answer else None), answer
 
     try:
-        secrets = settings.webhook_secrets(delivery.secret_name)
-        destination = ssrf.resolve(url, settings.webhook_allow_networks, resolver)
+        secrets = settings.webhook_secrets(delivery.secret_name, project=project)
+        destination = ssrf.resolve(url, settings.webhook_allow_networks, resolver,
+                                   timeout=deadline.left())
     except (MissingCredential, DestinationRefused) as exc:
         return done("refused", f"not sent: {exc}")
     except OSError as exc:
@@ -158,11 +241,11 @@ def _attempt(delivery: WebhookDelivery, url: str, settings: Settings, resolver: 
                "content-type": "application/json"}
     sent = time.monotonic()
     try:
-        answer = post(client, destination, headers, delivery.payload.encode())
+        answer = post(client, destination, headers, delivery.payload.encode(), deadline)
     except httpx.TimeoutException as exc:
-        return done("failed", f"timed out ({type(exc).__name__})")
+        return done("failed", f"timed out: {exc or type(exc).__name__}")
     except httpx.HTTPError as exc:
-        return done("failed", f"cannot reach {destination.url.host} at "
+        return done("failed", f"cannot reach {destination.host} at "
                               f"{destination.address}: {exc}")
     latency_ms = round((time.monotonic() - sent) * 1000, 2)
     if 200 <= answer.status < 300:
@@ -173,8 +256,7 @@ def _attempt(delivery: WebhookDelivery, url: str, settings: Settings, resolver: 
 def next_delay(settings: Settings, attempts: int, answer: Response | None) -> float:
     """Seconds until the attempt after ``attempts`` failed ones: the schedule's delay with
     ±20 % jitter, or the Retry-After of a 429 or 503 when that is longer (up to a day)."""
-    schedule = settings.webhook_retry_schedule_s
-    delay = schedule[min(attempts, len(schedule) - 1)] * random.uniform(0.8, 1.2)
+    delay = schedule.delay_s(settings, attempts)
     if answer is not None and answer.status in THROTTLED and answer.retry_after is not None:
         delay = max(delay, min(answer.retry_after, RETRY_AFTER_CAP_S))
     return delay
@@ -207,17 +289,9 @@ def _record(engine: sa.Engine, delivery: WebhookDelivery, lease: str, attempt: r
     return result
 
 
-def send_now(engine: sa.Engine, dispatch: Callable[[str, str, str], None], wake: list[Wake],
-             now: datetime) -> int:
+def send_now(engine: sa.Engine, dispatch: Dispatch, wake: Sequence[Wake],
+             retry_at: datetime) -> int:
     """Send the deliver step for leased deliveries; return how many were sent. When the
-    broker fails, the rest are handed back, due now, for the scheduler's next tick."""
-    for i, (delivery_id, lease) in enumerate(wake):
-        try:
-            dispatch(DELIVER, delivery_id, lease)
-        except Exception as exc:  # the broker is down: the scheduler sends them later
-            log.warning("webhook.dispatch_failed", delivery_id=delivery_id, error=str(exc))
-            with engine.begin() as conn:
-                for rest, rest_lease in wake[i:]:
-                    rows.release(conn, rest, rest_lease, now)
-            return i
-    return len(wake)
+    broker fails, the rest are handed back, due at ``retry_at``, for the scheduler."""
+    return send_leased(engine, dispatch, [(DELIVER, d, lease) for d, lease in wake],
+                       lambda conn, d, lease: rows.release(conn, d, lease, retry_at))

@@ -7,6 +7,7 @@ by default.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -56,25 +57,34 @@ def _default_answer(received: Received) -> tuple[int, dict[str, str]]:
 
 
 class Receiver:
-    """A verifying receiver on ``host``:``port`` (0: a free port), run in a thread."""
+    """A verifying receiver on ``host``:``port`` (0: a free port), run in a thread; over
+    HTTPS with ``tls`` (a server-side context holding its certificate)."""
 
     def __init__(self, secret: str, *, host: str = "127.0.0.1", port: int = 0,
                  respond: Responder = _default_answer,
-                 on_request: Callable[[Received], None] | None = None) -> None:
+                 on_request: Callable[[Received], None] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._webhook = Webhook(secret)
         self._lock = threading.Lock()
         self.respond, self.on_request = respond, on_request
         self.received: list[Received] = []
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
+        self.scheme = "https" if tls else "http"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name="receiver", daemon=True)
 
     @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return int(self._server.server_address[1])
+
+    @property
     def url(self) -> str:
         """Where to send webhooks."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/webhooks"
+        return f"{self.scheme}://{self._server.server_address[0]!s}:{self.port}/webhooks"
 
     def verified(self) -> list[Received]:
         """The requests whose signature verified, in arrival order."""

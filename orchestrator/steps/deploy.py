@@ -221,6 +221,8 @@ def _stop(job: Job, ctx: StepContext, client: Deployer, row: Deployment) -> Outc
                         now=ctx.now(), reason=f"deleted {target} at the provider before it "
                         "served" if target else "nothing had been created at the provider")
     return Advance(State.SUCCEEDED, fields={"deployed_model": None},
+                   data={"event": "undeployed", "deployment_id": row.id,
+                         "deployed_model": target, "model": row.model},
                    reason=f"undeploy requested while deploying: "
                    f"{f'deployment {target} deleted' if target else 'no deployment was created'}"
                    f"; tuned model {job.fine_tuned_model} is kept")

@@ -28,6 +28,7 @@ from orchestrator.db.engine import retry_on_disconnect, session_scope
 from orchestrator.db.models import Job
 from orchestrator.db.transition import transition
 from orchestrator.db.types import new_id, utcnow
+from orchestrator.dispatch import Dispatch, send_leased
 from orchestrator.errors import (
     DatasetError,
     MissingCredential,
@@ -57,8 +58,6 @@ from orchestrator.steps.outcomes import Advance, Outcome, StepContext
 
 log = structlog.get_logger("tunectl.step")
 
-#: Sends a step message: (step name, job id, lease token).
-Dispatch = Callable[[str, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -196,10 +195,10 @@ def _apply(job: Job, lease: str, outcome: Outcome | Retry, settings: Settings,
     released: queries.Released | None
     try:
         with engine.begin() as conn:
-            if isinstance(outcome, Retry):
+            if isinstance(outcome, Retry):  # a webhook meanwhile does not cut the backoff
                 released = queries.release_lease(conn, job.id, lease=lease,
                                                  version=job.version, next_run_at=later,
-                                                 last_error=outcome.error)
+                                                 last_error=outcome.error, unpoke=True)
             else:
                 version = job.version
                 if (outcome.provider_status and outcome.provider_status != job.provider_status
@@ -244,37 +243,39 @@ def _advance(job: Job, lease: str, state: State, outcome: Advance, settings: Set
         return "stale"
     deliver.send_now(engine, dispatch, wake, now)
     if next_lease is not None:
-        step = STEP_FOR_STATE[outcome.target]
-        try:
-            dispatch(step, job.id, next_lease)
-        except Exception as exc:  # the broker is down: the scheduler sends it instead
-            log.warning("step.dispatch_failed", next_step=step, error=str(exc))
-            _hand_back(engine, job.id, next_lease, now)
+        _send(engine, dispatch, STEP_FOR_STATE[outcome.target], job.id, next_lease, now)
     return outcome.target.value
 
 
 def _rerun(engine: sa.Engine, job_id: str, settings: Settings, dispatch: Dispatch,
            now: datetime) -> None:
-    """Claim the job again at once and send its step (unless someone else has it)."""
-    lease = new_id("lease")
+    """Claim the job again at once and send its step (unless someone else has it), under a
+    poke lease: a provider's webhook caused it."""
+    lease = queries.poke_lease()
     with engine.begin() as conn:
         state = queries.claim_job(conn, job_id, owner=lease, now=now,
                                   until=now + timedelta(seconds=settings.lease_s))
-    if state is None:
-        return
-    step = STEP_FOR_STATE[State(state)]
-    try:
-        dispatch(step, job_id, lease)
-    except Exception as exc:  # the broker is down: the scheduler sends it instead
-        log.warning("step.dispatch_failed", next_step=step, error=str(exc))
-        _hand_back(engine, job_id, lease, now)
+    if state is not None:
+        _send(engine, dispatch, STEP_FOR_STATE[State(state)], job_id, lease, now)
+
+
+def _send(engine: sa.Engine, dispatch: Dispatch, step: str, job_id: str, lease: str,
+          now: datetime) -> None:
+    """Send the job's next step now; if the broker is down, hand the lease back so that
+    the scheduler sends it (``_hand_back``)."""
+    send_leased(engine, dispatch, [(step, job_id, lease)],
+                lambda conn, held_id, held: _release(conn, held_id, held, now))
 
 
 def _hand_back(engine: sa.Engine, job_id: str, lease: str, now: datetime) -> None:
     """Give the lease back with the job due now, if this step still holds it, so that the
     scheduler acts on the job at once rather than when the lease expires."""
     with engine.begin() as conn:
-        queries.release_lease(conn, job_id, lease=lease, next_run_at=now)
+        _release(conn, job_id, lease, now)
+
+
+def _release(conn: sa.Connection, job_id: str, lease: str, now: datetime) -> None:
+    queries.release_lease(conn, job_id, lease=lease, next_run_at=now)
 
 
 def _cancel_orphan(job: Job, outcome: Advance, engine: sa.Engine, settings: Settings) -> None:

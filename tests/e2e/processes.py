@@ -15,7 +15,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from orchestrator import jobs as job_ops
 from orchestrator.blobs import BlobStore
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import Job
+from orchestrator.loopback import free_port
 from orchestrator.providers.vertex.emulator import DEMO_BUCKET
 from orchestrator.specs import load_spec
 from tests.conftest import API_KEY, REDIS_URL
@@ -50,13 +50,6 @@ FAST = {
     "TUNECTL_RETRY_CAP_S": "5",
     "TUNECTL_MAX_ATTEMPTS": "20",
 }
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tunectl_argv(*args: str) -> list[str]:
@@ -311,10 +304,13 @@ class Stack:
                                 json=service_account_key()).raise_for_status()
         return self.emulator
 
-    def start_worker(self, concurrency: int = 2, pool: str = "prefork") -> Proc:
-        """Start ``tunectl worker`` and wait until Celery says it is ready."""
+    def start_worker(self, concurrency: int = 2, pool: str = "prefork",
+                     queues: str | None = None) -> Proc:
+        """Start ``tunectl worker`` (on its default queues, or ``queues``) and wait until
+        Celery says it is ready."""
+        chosen = ["--queues", queues] if queues else []
         proc = self.procs.start("worker", tunectl_argv(
-            "worker", "--pool", pool, "--concurrency", str(concurrency)), self.env())
+            "worker", "--pool", pool, "--concurrency", str(concurrency), *chosen), self.env())
         proc.wait_for_output("ready.", timeout=60)
         return proc
 

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 import pytest
 
+from orchestrator.loopback import free_port
 from tests.e2e.checks import (
     assert_full_lifecycle,
     assert_one_file_per_dataset,
     assert_one_provider_job_each,
     write_job,
 )
-from tests.e2e.processes import Emulator, Proc, Stack, free_port, wait_until
+from tests.e2e.processes import Emulator, Proc, Stack, wait_until
 
 #: How long the emulator holds a response after doing the work (the worker dies meanwhile).
 HOLD_S = 4.0

@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from orchestrator.api.auth import hash_token
+from orchestrator.loopback import free_port
 from tests.e2e.checks import assert_full_lifecycle, write_job
-from tests.e2e.processes import Stack, free_port, wait_until
+from tests.e2e.processes import Stack, wait_until
 from tests.e2e.test_thousand_jobs import procfile
 
 TOKEN, ADMIN = "tcl_e2e-project-token-0123456789", "tcl_e2e-admin-token-0123456789"

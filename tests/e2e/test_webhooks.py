@@ -21,13 +21,15 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.config import get_settings
+from orchestrator.loopback import free_port
 from orchestrator.notify.receiver import Receiver
 from tests.conftest import STACK
-from tests.e2e.processes import Stack, free_port, wait_until
+from tests.e2e.processes import Stack, wait_until
 from tests.helpers import OTHER_SECRET, SECRET, write_dataset
 
 WEBHOOK_ENV = {
     "E2E_WEBHOOK_SECRET": SECRET,
+    "TUNECTL_WEBHOOK_PROJECT_SECRETS": '{"default": ["E2E_WEBHOOK_SECRET"]}',
     "TUNECTL_WEBHOOK_ALLOW_NETWORKS": '["127.0.0.1/32"]',
     "TUNECTL_WEBHOOK_RETRY_SCHEDULE_S": "[0, 0.5, 1, 1.5, 2, 2, 2, 2, 2, 2, 2, 2]",
     "TUNECTL_WEBHOOK_TIMEOUT_S": "1",
@@ -89,12 +91,14 @@ def flush_broker(stack: Stack) -> Callable[[], None] | None:
 def test_a_receiver_down_for_a_while_gets_every_event_once_it_is_back(hooked: Stack) -> None:
     """Three jobs run while nothing listens at the receiver's address; each event is retried
     on the schedule, and once the receiver is up every event arrives exactly once, signed,
-    under the webhook-id all its attempts had."""
+    under the webhook-id all its attempts had. Deliveries have a worker of their own here
+    (``--queues tunectl.notify``), as an operator may give them."""
     stack = hooked
     port = free_port()
     url = f"http://127.0.0.1:{port}/webhooks"
     stack.start_emulator(job_duration=1.0)
-    stack.start_worker()
+    steps = stack.start_worker(queues="tunectl")
+    notifier = stack.start_worker(concurrency=1, queues="tunectl.notify")
     stack.start_scheduler()
     jobs = [stack.submit_in_process(hooked_spec(stack.tmp_path / "specs", f"hooked-{i}", url))
             for i in range(3)]
@@ -137,6 +141,8 @@ def test_a_receiver_down_for_a_while_gets_every_event_once_it_is_back(hooked: St
         assert payload is not None
         assert (payload["type"], payload["data"]["job"]["id"],
                 payload["data"]["transition"]["seq"]) == (row.event_type, row.job_id, row.seq)
+    ran = "Task tunectl.notify.deliver["  # Celery's line for each task run
+    assert ran in notifier.output() and ran not in steps.output()
     for proc in stack.procs.started:  # the signing secret never reaches a log
         assert SECRET.removeprefix("whsec_") not in proc.output(), proc.name
 

@@ -32,7 +32,7 @@ def emulator_url() -> Iterator[str]:
 
 @pytest.fixture
 def api_port() -> int:
-    from tests.e2e.processes import free_port
+    from orchestrator.loopback import free_port
 
     return free_port()
 

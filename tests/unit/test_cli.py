@@ -257,6 +257,7 @@ class TestWebhookCommands:
         from tests.helpers import SECRET
 
         monkeypatch.setenv("CLI_WEBHOOK_SECRET", SECRET)
+        monkeypatch.setenv("TUNECTL_WEBHOOK_PROJECT_SECRETS", '{"default": ["CLI_WEBHOOK_SECRET"]}')
         tunectl(capsys, "db", "upgrade")
         job_id = json.loads(tunectl(capsys, "submit", str(spec_file(tmp_path, HOOKED_SPEC)),
                                     "--json")[1])["id"]
@@ -321,3 +322,29 @@ class TestWebhookCommands:
         code, _, err = tunectl(capsys, *args)
 
         assert (code, err) == (2, expected + "\n")
+
+
+class TestWorker:
+    @pytest.mark.parametrize(("args", "queues"), [
+        pytest.param([], "tunectl,tunectl.notify", id="both-by-default"),
+        pytest.param(["--queues", "tunectl.notify"], "tunectl.notify", id="deliveries-only"),
+    ])
+    def test_it_consumes_the_steps_and_the_deliveries_queues(
+            self, env: dict[str, str], capsys: pytest.CaptureFixture[str],
+            monkeypatch: pytest.MonkeyPatch, args: list[str], queues: str) -> None:
+        from workers.app import app as celery_app
+
+        started: list[list[str]] = []
+        monkeypatch.setattr(celery_app, "worker_main", started.append)
+        tunectl(capsys, "db", "upgrade")
+
+        assert tunectl(capsys, "worker", *args)[0] == 0
+
+        [argv] = started
+        assert argv[argv.index("--queues") + 1] == queues
+
+    def test_an_unknown_queue_is_a_one_line_error(
+            self, env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+        assert tunectl(capsys, "worker", "--queues", "tunectl,webhooks") == (
+            2, "", "error: --queues 'tunectl,webhooks': name one or both of tunectl, "
+            "tunectl.notify\n")

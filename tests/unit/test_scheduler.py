@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from orchestrator.config import Settings
 from orchestrator.db import queries
 from orchestrator.db.models import JOBS
-from orchestrator.scheduler import MIN_PAUSE_S, Scheduler
+from orchestrator.scheduler import JITTER_SHARE, MIN_PAUSE_S, Scheduler
 from orchestrator.states import STEP_FOR_STATE
 from tests.helpers import Clock, Pump, make_spec
 
@@ -34,16 +34,25 @@ def test_due_jobs_are_dispatched_once_in_batches(pump: Pump, tmp_path: Path) -> 
     assert {step for step, _, _ in pump.sent} == {"validate"}
 
 
-def test_a_broker_outage_frees_the_leases_at_once(pump: Pump, tmp_path: Path) -> None:
+def down(step: str, job_id: str, lease: str) -> None:
+    raise ConnectionError("broker unreachable")
+
+
+def test_a_broker_outage_frees_the_leases_at_once_due_a_tick_later(pump: Pump,
+                                                                   tmp_path: Path) -> None:
+    """Freed at once (not at lease expiry), but due a tick later: due now, a scheduler
+    whose broker is down would wake again at once and spin."""
     ids = [pump.submit(make_spec(tmp_path, name=f"j{i}")).id for i in range(3)]
+    failing = Scheduler(pump.settings, pump.engine, down, now=pump.clock)
 
-    def down(step: str, job_id: str, lease: str) -> None:
-        raise ConnectionError("broker unreachable")
-
-    report = Scheduler(pump.settings, pump.engine, down, now=pump.clock).tick()
-    assert report.dispatched == 0
+    assert failing.tick().dispatched == 0
     for job_id in ids:
-        assert pump.job(job_id).lease_owner is None
+        job = pump.job(job_id)
+        assert job.lease_owner is None
+        assert job.next_run_at == pump.clock() + timedelta(seconds=pump.settings.scheduler_tick_s)
+    assert failing.pause() >= pump.settings.scheduler_tick_s
+    assert pump.scheduler().tick().dispatched == 0
+    pump.clock.advance(pump.settings.scheduler_tick_s)
     assert pump.scheduler().tick().dispatched == 3
 
 
@@ -65,6 +74,16 @@ def test_a_rescued_job_is_late_from_its_lease_expiry_not_from_before_it(
 
     assert [job for _, job, _ in pump.sent] == [job_id]
     assert lag_sum() - before == pytest.approx(7, abs=0.01)
+
+
+def test_leases_are_rescued_on_whole_ticks_only(pump: Pump, tmp_path: Path) -> None:
+    job_id = pump.submit(make_spec(tmp_path)).id
+    pump.scheduler().tick()
+    pump.clock.advance(pump.settings.lease_s + 1)  # its step message was lost
+
+    assert pump.scheduler().tick(jobs_only=True).rescued == 0
+    assert pump.job(job_id).lease_owner is not None
+    assert pump.scheduler().tick().rescued == 1
 
 
 def test_two_schedulers_never_dispatch_the_same_job(pump: Pump, tmp_path: Path) -> None:
@@ -168,11 +187,9 @@ class TestDeployments:
         self.deployed(pump, tmp_path)
         pump.clock.advance(3600)
 
-        def down(step: str, job_id: str, lease: str) -> None:
-            raise ConnectionError("broker unreachable")
-
         failing = Scheduler(pump.settings, pump.engine, down, now=pump.clock)
         assert failing.tick().undeploying == 0
+        pump.clock.advance(pump.settings.scheduler_tick_s)
         assert pump.scheduler().tick().undeploying == 1
 
     def test_a_lost_undeploy_message_is_sent_again_after_its_lease(self, pump: Pump,
@@ -219,15 +236,26 @@ class TestPause:
         tick = 2.0
         scheduler = Scheduler(pump.settings.model_copy(update={"scheduler_tick_s": tick}),
                               pump.engine, pump.dispatch, now=pump.clock)
-        assert scheduler.pause() == tick  # nothing to do: a whole tick
+
+        def jittered(pause: float) -> bool:
+            return pause <= scheduler.pause() <= pause + JITTER_SHARE * tick
+
+        assert jittered(tick)  # nothing to do: a whole tick
         job = pump.submit(make_spec(tmp_path))
-        assert scheduler.pause() == MIN_PAUSE_S  # due already
+        assert jittered(MIN_PAUSE_S)  # due already
 
         with pump.engine.begin() as conn:
             conn.execute(sa.update(JOBS).where(JOBS.c.id == job.id)
                          .values(next_run_at=pump.clock() + timedelta(seconds=tick / 2)))
-        assert scheduler.pause() == pytest.approx(tick / 2)
+        assert jittered(tick / 2)
         with pump.engine.begin() as conn:
             conn.execute(sa.update(JOBS).where(JOBS.c.id == job.id)
                          .values(next_run_at=pump.clock() + timedelta(hours=1)))
-        assert scheduler.pause() == tick
+        assert jittered(tick)
+
+    def test_schedulers_waking_for_the_same_job_spread_out(self, pump: Pump,
+                                                           tmp_path: Path) -> None:
+        pump.submit(make_spec(tmp_path))
+        pauses = {pump.scheduler().pause() for _ in range(20)}
+
+        assert len(pauses) > 1

@@ -17,8 +17,11 @@ from pydantic import SecretStr
 from orchestrator.api import provider_webhooks
 from orchestrator.api.app import create_app
 from orchestrator.config import Settings
+from orchestrator.db import queries
 from orchestrator.db.models import JOBS, Job
+from orchestrator.db.types import new_id
 from orchestrator.notify.sign import signed_headers
+from orchestrator.providers.http import shared_client
 from orchestrator.providers.openai.emulator import Scenario
 from tests.helpers import OTHER_SECRET, SECRET, Clock, Pump, in_process_emulator, make_spec
 
@@ -58,10 +61,11 @@ def training(pump: Pump, clock: Clock, tmp_path: Path) -> Iterator[Job]:
 
 def event(job_id: str, kind: str = "succeeded", *, secret: str = SECRET,
           at: datetime | None = None) -> tuple[bytes, dict[str, str]]:
-    """A webhook as OpenAI sends it about ``job_id``."""
+    """A webhook as OpenAI sends it about ``job_id``, with a webhook-id of its own."""
     body = json.dumps({"id": "evt_1", "object": "event", "created_at": 1,
                        "type": f"fine_tuning.job.{kind}", "data": {"id": job_id}})
-    return body.encode(), {**signed_headers("wh_test1", body, [secret], at or datetime.now(UTC)),
+    return body.encode(), {**signed_headers(new_id("wh"), body, [secret],
+                                            at or datetime.now(UTC)),
                            "content-type": "application/json"}
 
 
@@ -82,9 +86,9 @@ class TestVerified:
 
         assert answer.status_code == 200
         assert answer.json() == {"received": True, "event_type": "fine_tuning.job.succeeded",
-                                 "jobs": [training.id]}
+                                 "jobs": [training.id], "replayed": False}
         [(step, job_id, lease)] = pump.sent
-        assert (step, job_id) == ("poll", training.id)
+        assert (step, job_id) == ("poll", training.id) and queries.is_poke(lease)
         assert pump.job(training.id).lease_owner == lease
         pump.run_sent()
         assert pump.job(training.id).state == "succeeded"
@@ -129,6 +133,67 @@ class TestVerified:
                           headers=signed_headers("wh_x", text, [SECRET], datetime.now(UTC)))
 
         assert (answer.status_code, answer.json()["jobs"], pump.sent) == (200, [], [])
+
+
+class TestReplays:
+    def test_a_replayed_webhook_is_acknowledged_and_changes_nothing(
+            self, api: TestClient, pump: Pump, training: Job) -> None:
+        """A captured request sent again (same webhook-id, still within the signature's
+        5 minutes), to this API process or another one on the same database."""
+        request = event(training.provider_job_id or "")
+        assert post(api, request).json()["jobs"] == [training.id]
+        pump.run_sent()
+        before = pump.job(training.id)
+        other = create_app(pump.settings, pump.engine)
+        other.dependency_overrides[provider_webhooks.dispatch_dep] = lambda: pump.dispatch
+
+        with TestClient(other) as second:
+            for client in (api, second):
+                answer = post(client, request)
+
+                assert answer.status_code == 200
+                assert answer.json() == {"received": True, "replayed": True, "jobs": [],
+                                         "event_type": "fine_tuning.job.succeeded"}
+        assert pump.sent == [] and pump.job(training.id) == before
+
+    def test_a_job_waiting_to_retry_keeps_its_backoff(
+            self, api: TestClient, pump: Pump, clock: Clock, training: Job,
+            engine: sa.Engine) -> None:
+        """Its last poll was told to come back in a minute (429 with Retry-After): a webhook
+        does not send the poll sooner."""
+        backoff = {"next_run_at": clock() + timedelta(seconds=60), "attempts": 1,
+                   "last_error": "openai get_job: 429 rate limited (retry after 60 s)"}
+        with engine.begin() as conn:
+            conn.execute(sa.update(JOBS).where(JOBS.c.id == training.id).values(**backoff))
+
+        answer = post(api, event(training.provider_job_id or ""))
+
+        assert (answer.status_code, answer.json()["jobs"], pump.sent) == (200, [], [])
+        job = pump.job(training.id)
+        assert (job.next_run_at, job.attempts, job.lease_owner) == (
+            backoff["next_run_at"], 1, None)
+
+
+    def test_a_poll_that_must_retry_is_not_rerun_by_a_webhook_that_came_meanwhile(
+            self, api: TestClient, pump: Pump, clock: Clock, training: Job,
+            engine: sa.Engine) -> None:
+        """The poll holding the job gets a 429 asking for 60 s: the webhook that came while
+        it asked does not make it run again at once."""
+        with engine.begin() as conn:
+            conn.execute(sa.update(JOBS).where(JOBS.c.id == training.id)
+                         .values(next_run_at=clock()))
+        pump.scheduler().tick()
+        shared_client(pump.settings).put("/_emulator/scenario", json={
+            "job_duration_s": 30, "throttle": {"count": 5, "retry_after_s": 60}}
+        ).raise_for_status()
+        assert post(api, event(training.provider_job_id or "")).json()["jobs"] == [training.id]
+
+        [outcome] = pump.run_sent(limit=1)
+
+        assert outcome.startswith("retry in") and pump.sent == []
+        job = pump.job(training.id)
+        assert job.poked_at is None and job.lease_owner is None
+        assert job.next_run_at is not None and job.next_run_at >= clock() + timedelta(seconds=30)
 
 
 class TestRefused:

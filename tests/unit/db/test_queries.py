@@ -158,6 +158,17 @@ class TestTakeUp:
         assert job is not None and job.lease_expires_at == later + LEASE
         assert fetch(engine, job_id).lease_expires_at == later + LEASE
 
+    def test_a_step_a_providers_webhook_caused_is_not_counted(
+            self, engine: sa.Engine) -> None:
+        (job_id,) = add_jobs(engine, 1)
+        lease = queries.poke_lease()
+        claim(engine, lease)
+
+        with engine.begin() as conn:
+            job = queries.take_up(conn, job_id, lease=lease, states=["queued"], now=NOW,
+                                  lease_s=LEASE.total_seconds())
+        assert job is not None and job.attempts == 0
+
     @pytest.mark.parametrize(("lease", "states", "after"), [
         pytest.param("lease_b", ["queued"], 1, id="someone-elses-lease"),
         pytest.param("lease_a", ["training"], 1, id="state-moved-on"),

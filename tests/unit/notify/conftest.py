@@ -1,5 +1,6 @@
 """Fixtures of the notification tests: process settings from the environment (the outbox
-reads the configured endpoints there), and the test signing secret under its name."""
+reads the configured endpoints there), the test signing secret under its name, and the
+names the tests' project may sign with."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import get_settings
-from tests.helpers import SECRET, SECRET_NAME
+from orchestrator.config import Settings, get_settings
+from tests.helpers import PROJECT_SECRETS, SECRET, SECRET_NAME
 
 
 @pytest.fixture
@@ -18,6 +19,7 @@ def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
     """Set process settings (``TUNECTL_*``) for this test: values that are not strings
     are given as JSON, as an operator writes them."""
     monkeypatch.setenv(SECRET_NAME, SECRET)
+    monkeypatch.setenv("TUNECTL_WEBHOOK_PROJECT_SECRETS", json.dumps(PROJECT_SECRETS))
 
     def apply(**env: Any) -> None:
         for name, value in env.items():
@@ -27,3 +29,11 @@ def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
     get_settings.cache_clear()
     yield apply
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def hook_settings(settings: Settings, configure: Callable[..., None]) -> Settings:
+    """The test settings, with the process settings configured and the tests' project
+    allowed its signing secrets."""
+    configure()
+    return settings.model_copy(update={"webhook_project_secrets": PROJECT_SECRETS})

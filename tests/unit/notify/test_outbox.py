@@ -11,23 +11,25 @@ from typing import Any
 import jsonschema
 import pytest
 import sqlalchemy as sa
+from sqlmodel import select
 
 from orchestrator import jobs as job_ops
 from orchestrator.blobs import BlobStore
-from orchestrator.config import Settings
+from orchestrator.config import Settings, get_settings
 from orchestrator.db.engine import session_scope
-from orchestrator.db.models import Job
+from orchestrator.db.models import Job, WebhookDelivery
 from orchestrator.db.transition import insert_job, transition
 from orchestrator.db.types import new_id
 from orchestrator.errors import SpecError, StaleTransition
-from orchestrator.notify.outbox import endpoint_id
+from orchestrator.notify.outbox import Wake, endpoint_id
 from orchestrator.states import State
-from tests.helpers import SECRET, SECRET_NAME, make_spec
+from tests.helpers import OTHER_SECRET, SECRET, SECRET_NAME, make_spec
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 SCHEMA = json.loads((Path(__file__).parents[3] / "docs" / "webhook-payload.schema.json")
                     .read_text())
 HOOK = "https://hooks.example.com/tunectl"
+OPS = "https://ops.example.com/tunectl"
 #: training → finalizing → succeeded, after the moves into training.
 TO_TRAINING = [State.VALIDATING, State.UPLOADING, State.SUBMITTING, State.TRAINING]
 
@@ -95,7 +97,7 @@ class TestWhatIsWritten:
         assert row.id.startswith("msg_") and row.endpoint_id == endpoint_id(HOOK)
 
     def test_the_payload_follows_the_documented_schema(self, engine: sa.Engine) -> None:
-        job_id = new_job(engine, [target()], dataset={
+        job_id = new_job(engine, [target()], project="support", dataset={
             "estimated_cost_usd": 0.42, "training": {"billed_tokens": 1234}})
         walk(engine, job_id, [*TO_TRAINING, State.FINALIZING, State.SUCCEEDED],
              fine_tuned_model="ft:m", provider_status="succeeded",
@@ -105,8 +107,8 @@ class TestWhatIsWritten:
         jsonschema.validate(payload, SCHEMA, format_checker=jsonschema.FormatChecker())
         job = payload["data"]["job"]
         assert payload["type"] == "job.succeeded"
-        assert (job["id"], job["name"], job["provider"], job["state"]) == (
-            job_id, "hooked", "openai", "succeeded")
+        assert (job["id"], job["project"], job["name"], job["provider"], job["state"]) == (
+            job_id, "support", "hooked", "openai", "succeeded")
         assert job["model_ref"] == {"provider": "openai", "model": "ft:m"}
         assert job["cost_estimate"] == {"usd": 0.42, "billed_tokens": 1234}
         assert job["labels"] == {"team": "support"}
@@ -153,6 +155,42 @@ class TestWhatIsWritten:
         assert row.event_type == "job.undeployed"
         assert json.loads(row.payload)["data"]["transition"]["data"]["deployment_id"] == "dep_1"
 
+    @pytest.mark.parametrize(("events", "expected"), [
+        pytest.param(["succeeded"], "job.succeeded", id="succeeded"),
+        pytest.param(["undeployed"], "job.undeployed", id="undeployed"),
+        pytest.param(["succeeded", "undeployed"], "job.succeeded", id="both-one-event"),
+    ])
+    def test_an_undeploy_while_first_deploying_is_success_and_undeployed(
+            self, engine: sa.Engine, events: list[str], expected: str) -> None:
+        job_id = new_job(engine, [target(events)])
+        walk(engine, job_id, [*TO_TRAINING, State.FINALIZING, State.DEPLOYING])
+
+        walk(engine, job_id, [State.SUCCEEDED], deployed_model=None,
+             data={"event": "undeployed", "deployment_id": "dep_1"})
+
+        assert [r.event_type for r in deliveries(engine)] == [expected]
+
+    @pytest.mark.parametrize(("serves", "expected"), [
+        pytest.param(True, ["job.deployed"], id="deployed-again"),
+        pytest.param(False, ["job.undeployed"], id="undeployed-before-it-served"),
+    ])
+    def test_a_redeploy_of_a_succeeded_job_never_succeeds_twice(
+            self, engine: sa.Engine, serves: bool, expected: list[str]) -> None:
+        """`tunectl deploy` re-opens a succeeded job (succeeded → deploying): its end is
+        job.deployed or job.undeployed, not a second job.succeeded under a new id."""
+        job_id = new_job(engine, [target(["succeeded"], url=HOOK),
+                                  target(["deployed", "undeployed"], url=OPS)])
+        walk(engine, job_id, [*TO_TRAINING, State.FINALIZING, State.SUCCEEDED],
+             fine_tuned_model="ft:m")
+        walk(engine, job_id, [State.DEPLOYING])
+        last = {"deployed_model": "dep-model"} if serves else {
+            "deployed_model": None, "data": {"event": "undeployed", "deployment_id": "dep_1"}}
+
+        walk(engine, job_id, [State.SUCCEEDED], **last)
+
+        got = [(r.url, r.event_type) for r in deliveries(engine)]
+        assert got == [(HOOK, "job.succeeded"), *[(OPS, kind) for kind in expected]]
+
     def test_configured_endpoints_filter_by_event_and_join_the_specs(
             self, engine: sa.Engine, configure: Callable[..., None]) -> None:
         configure(TUNECTL_WEBHOOKS=[
@@ -176,6 +214,36 @@ class TestWhatIsWritten:
             ("https://ops.example.com/failures", "job.failed", "config",
              "TUNECTL_WEBHOOK_SECRET"),
         ]
+
+
+    def test_one_endpoint_however_its_url_is_spelled(
+            self, engine: sa.Engine, configure: Callable[..., None]) -> None:
+        configure(TUNECTL_WEBHOOKS=[{"url": "https://hooks.example.com/tunectl",
+                                     "secret": SECRET_NAME, "events": ["all"]}])
+        job_id = new_job(engine, [target(["all"], url="HTTPS://Hooks.Example.COM:443/tunectl")])
+        walk(engine, job_id, [State.CANCELLED])
+
+        assert [(r.url, r.source) for r in deliveries(engine)] == [(HOOK, "spec")] * 2
+        assert endpoint_id("https://HOOKS.example.com:443/tunectl") == endpoint_id(HOOK)
+        assert endpoint_id("https://hooks.example.com/Tunectl") != endpoint_id(HOOK)
+
+    def test_the_schedules_first_delay_is_the_first_attempts(
+            self, engine: sa.Engine, configure: Callable[..., None]) -> None:
+        configure(TUNECTL_WEBHOOK_RETRY_SCHEDULE_S=[30, 60])
+        job_id = new_job(engine, [target(["all"])])
+        wake: list[Wake] = []
+
+        with session_scope(engine) as session:
+            transition(session, job_id, source=State.QUEUED, target=State.CANCELLED,
+                       version=1, reason="x", now=NOW, wake=wake)
+
+        assert wake == []  # not due yet: nothing to send right after the commit
+        with session_scope(engine) as session:
+            rows = session.exec(select(WebhookDelivery)).all()
+            assert len(rows) == 2
+            for row in rows:
+                assert row.lease_owner is None and row.next_attempt_at is not None
+                assert 24 <= (row.next_attempt_at - row.created_at).total_seconds() <= 36
 
 
 class TestSameTransaction:
@@ -211,31 +279,80 @@ class TestSameTransaction:
         assert {r.secret_name for r in deliveries(engine)} == {SECRET_NAME}
 
 
+def not_set_for(name: str, project: str = "default") -> str:
+    """The one line a spec gets for a secret name its project may not use or that is not
+    set: the same either way."""
+    return (f"s.yaml: notify.0.secret: webhook secret {name} is not set for project "
+            f"{project}; the operator sets it (or {name}_FILE) and lists it for the project in "
+            "TUNECTL_WEBHOOK_PROJECT_SECRETS")
+
+
 class TestCheckedAtSubmit:
+    @pytest.fixture(autouse=True)
+    def _environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A provider key, OpenAI's webhook secret and another project's secret are all set
+        in the environment (the last two hold real whsec_ values)."""
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-not-a-webhook-secret-123456")
+        monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", OTHER_SECRET)
+        monkeypatch.setenv("TEAM_A_SECRET", OTHER_SECRET)
+        monkeypatch.setenv("TUNECTL_WEBHOOK_SECRET", OTHER_SECRET)
+
+    def submit(self, settings: Settings, engine: sa.Engine, tmp_path: Path,
+               notify: dict[str, Any], project: str = "default") -> job_ops.Submitted:
+        return job_ops.submit(engine, BlobStore(settings.blob_dir),
+                              make_spec(tmp_path, notify=[notify]), source="s.yaml",
+                              project=project)
+
     @pytest.mark.parametrize(("notify", "expected"), [
         pytest.param({"url": "http://169.254.169.254/latest"},
                      "s.yaml: notify.0.url: 'http://169.254.169.254/latest' points at "
                      "169.254.169.254 (a cloud metadata service); webhooks go only to public "
                      "addresses (see TUNECTL_WEBHOOK_ALLOW_NETWORKS)", id="metadata-url"),
-        pytest.param({"url": HOOK, "secret": "NOBODY_SET_THIS"},
-                     "s.yaml: notify.0.secret: webhook secret NOBODY_SET_THIS is not set; "
-                     "export it or set NOBODY_SET_THIS_FILE to a file holding whsec_ followed "
-                     "by the base64 of 24 to 64 random bytes (several separated by spaces "
-                     "while a secret is rotated)", id="secret-not-set"),
-        pytest.param({"url": HOOK}, "s.yaml: notify.0.secret: webhook secret "
-                     "TUNECTL_WEBHOOK_SECRET is not set", id="default-secret-not-set"),
-        pytest.param({"url": HOOK, "secret": "OPENAI_API_KEY"},
-                     "s.yaml: notify.0.secret: webhook secret OPENAI_API_KEY must be whsec_ "
-                     "followed by the base64", id="not-a-webhook-secret"),
+        pytest.param({"url": HOOK, "secret": "NOBODY_SET_THIS"}, not_set_for("NOBODY_SET_THIS"),
+                     id="secret-not-set"),
+        pytest.param({"url": HOOK, "secret": "TEAM_A_SECRET"}, not_set_for("TEAM_A_SECRET"),
+                     id="another-projects-secret"),
+        pytest.param({"url": HOOK, "secret": "OPENAI_WEBHOOK_SECRET"},
+                     not_set_for("OPENAI_WEBHOOK_SECRET"), id="openai-webhook-secret"),
+        pytest.param({"url": HOOK, "secret": "OPENAI_API_KEY"}, not_set_for("OPENAI_API_KEY"),
+                     id="provider-credential"),
+        pytest.param({"url": HOOK}, not_set_for("TUNECTL_WEBHOOK_SECRET"),
+                     id="default-secret-not-given-to-the-project"),
     ])
     def test_a_target_that_could_never_be_delivered_is_a_spec_error(
             self, settings: Settings, engine: sa.Engine, tmp_path: Path,
-            monkeypatch: pytest.MonkeyPatch, notify: dict[str, Any], expected: str) -> None:
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-not-a-webhook-secret-123456")
-        spec = make_spec(tmp_path, notify=[notify])
+            notify: dict[str, Any], expected: str) -> None:
         with pytest.raises(SpecError) as raised:
-            job_ops.submit(engine, BlobStore(settings.blob_dir), spec, source="s.yaml",
-                           project="default")
-        assert str(raised.value).startswith(expected)
+            self.submit(settings, engine, tmp_path, notify)
+
+        assert str(raised.value) == expected
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one() == 0
+
+    def test_each_project_names_only_the_secrets_it_was_given(
+            self, settings: Settings, engine: sa.Engine, tmp_path: Path,
+            configure: Callable[..., None]) -> None:
+        configure(TUNECTL_WEBHOOK_PROJECT_SECRETS={
+            "team-a": ["TEAM_A_SECRET"], "team-b": [SECRET_NAME, "TUNECTL_WEBHOOK_SECRET"]})
+
+        assert self.submit(settings, engine, tmp_path, target(), project="team-b").created
+        assert self.submit(settings, engine, tmp_path, {"url": HOOK}, project="team-b").created
+        for name in ("TEAM_A_SECRET", None):
+            with pytest.raises(SpecError) as raised:
+                self.submit(settings, engine, tmp_path, {"url": HOOK, "secret": name},
+                            project="team-a" if name is None else "team-b")
+            assert str(raised.value) == not_set_for(name or "TUNECTL_WEBHOOK_SECRET",
+                                                    "team-a" if name is None else "team-b")
+
+    @pytest.mark.parametrize("setting", [
+        pytest.param({"TUNECTL_WEBHOOK_PROJECT_SECRETS": {"default": ["OPENAI_WEBHOOK_SECRET"]}},
+                     id="a-projects-list"),
+        pytest.param({"TUNECTL_WEBHOOKS": [{"url": HOOK, "secret": "openai_api_key"}]},
+                     id="a-configured-endpoint"),
+    ])
+    def test_the_operator_cannot_make_a_credential_a_signing_secret(
+            self, configure: Callable[..., None], setting: dict[str, Any]) -> None:
+        with pytest.raises(ValueError, match="holds a tunectl setting or a provider credential, "
+                           "never a webhook signing secret"):
+            configure(**setting)
+            get_settings()

@@ -1,11 +1,15 @@
 """The SSRF guard: forbidden destinations are refused before any packet is sent, the host is
-resolved once and the checked address is the one connected, redirects are not followed."""
+resolved once (in its ASCII form, within a time limit) and the checked address is the one
+connected, over HTTPS with the host name's certificate, and redirects are not followed."""
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import socket
-from collections.abc import Callable
+import ssl
+import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -17,12 +21,7 @@ from orchestrator.notify.receiver import Receiver
 from tests.helpers import SECRET, Clock, claim_deliveries, hooked_job
 
 PUBLIC = "93.184.215.14"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+LOOPBACK = [ssrf.AllowedNetwork.parse("127.0.0.1/32")]
 
 
 #: (URL, what the resolver answers for its host; None: the system resolver).
@@ -46,8 +45,19 @@ REFUSED = [
     pytest.param("http://[::ffff:a9fe:a9fe]/", None, id="ipv4-mapped-metadata"),
     pytest.param("http://[::10.0.0.1]/", None, id="ipv4-compatible-private"),
     pytest.param("http://[64:ff9b::a9fe:a9fe]/", None, id="nat64-metadata"),
+    pytest.param("http://[64:ff9b:1:a00:0:100:808:808]/", None, id="local-use-nat64"),
+    pytest.param("http://[64:ff9b:1::808:808]/", None, id="local-use-nat64-public-inside"),
     pytest.param("http://[2002:a00:1::]/", None, id="6to4-private"),
     pytest.param("http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/", None, id="teredo-private"),
+    pytest.param("http://[2001:0:4136:e378:8000:63bf:f7f7:f7f7]/", None, id="teredo-public"),
+    pytest.param("http://[fec0::1]/", None, id="ipv6-site-local"),
+    pytest.param("http://[100::1]/", None, id="ipv6-discard-only"),
+    pytest.param("http://[2001:db8::1]/", None, id="ipv6-documentation"),
+    pytest.param("http://[ff02::1]/", None, id="ipv6-multicast"),
+    pytest.param("http://[4000::1]/", None, id="ipv6-not-global-unicast"),
+    pytest.param("http://198.18.0.1/", None, id="benchmarking"),
+    pytest.param("http://192.0.2.10/", None, id="documentation"),
+    pytest.param("http://192.0.0.8/", None, id="ietf-protocol-assignments"),
     pytest.param("http://0x7f000001/", None, id="hex-loopback"),
     pytest.param("http://2130706433/", None, id="decimal-loopback"),
     pytest.param("http://localhost:8080/hook", None, id="localhost-name"),
@@ -56,6 +66,8 @@ REFUSED = [
                  id="one-private-answer-among-public-ones"),
     pytest.param("https://hooks.example.test/", ["::ffff:169.254.169.254"],
                  id="name-resolving-to-mapped-metadata"),
+    pytest.param("https://hooks.example.test/", ["64:ff9b:1::808:808"],
+                 id="name-resolving-to-local-use-nat64"),
 ]
 
 
@@ -93,14 +105,13 @@ class TestRefusedBeforeAnyPacket:
 
     @pytest.mark.parametrize(("url", "addresses"), REFUSED)
     def test_a_delivery_attempt_refuses_without_connecting(
-            self, engine: sa.Engine, settings: Settings, configure: Callable[..., None],
-            no_packets: NoPackets, url: str, addresses: list[str] | None) -> None:
-        configure()
+            self, engine: sa.Engine, hook_settings: Settings, no_packets: NoPackets, url: str,
+            addresses: list[str] | None) -> None:
         clock = Clock()
         hooked_job(engine, url, clock())
         lease, [delivery_id] = claim_deliveries(engine, clock())
 
-        result = deliver.run(delivery_id, lease, settings=settings, engine=engine, now=clock,
+        result = deliver.run(delivery_id, lease, settings=hook_settings, engine=engine, now=clock,
                              resolver=answering(addresses))
 
         assert result.startswith("retry in")
@@ -108,7 +119,7 @@ class TestRefusedBeforeAnyPacket:
         with engine.connect() as conn:
             outcome, error = conn.exec_driver_sql(
                 "SELECT outcome, error FROM webhook_attempts").one()
-        assert outcome == "refused" and error.startswith("not sent: ")
+        assert outcome == "refused" and "webhooks go only to public addresses" in error
 
     @pytest.mark.parametrize("url", [
         pytest.param("ftp://hooks.example.com/", id="ftp"),
@@ -121,22 +132,96 @@ class TestRefusedBeforeAnyPacket:
             ssrf.resolve(url, [], answering([PUBLIC]))
 
 
+    def test_a_redirect_to_a_private_address_is_never_followed(
+            self, engine: sa.Engine, hook_settings: Settings,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """The endpoint (let through on loopback) answers 302 to the metadata service: the
+        attempt fails with the 302 and no connection is ever opened to the metadata
+        address."""
+        connects: list[object] = []
+        real_connect = socket.socket.connect
+
+        def spy(sock: socket.socket, address: object) -> None:
+            connects.append(address)
+            real_connect(sock, address)
+
+        monkeypatch.setattr(socket.socket, "connect", spy)
+        allowed = hook_settings.model_copy(update={"webhook_allow_networks": LOOPBACK})
+        clock = Clock()
+        metadata = "http://169.254.169.254/latest/meta-data/"
+        with Receiver(SECRET, respond=lambda _: (302, {"location": metadata})) as hook:
+            hooked_job(engine, hook.url, clock())
+            lease, [delivery_id] = claim_deliveries(engine, clock())
+
+            result = deliver.run(delivery_id, lease, settings=allowed, engine=engine,
+                                 now=clock)
+
+        assert result.startswith("retry in") and len(hook.received) == 1
+        assert [address[0] for address in connects] == ["127.0.0.1"]  # type: ignore[index]
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT status_code, error FROM webhook_attempts"
+                                        ).one() == (302, "HTTP 302")
+
+
 class TestAllowed:
     @pytest.mark.parametrize("address", [PUBLIC, "8.8.8.8", "2001:4860:4860::8888",
-                                         "::ffff:8.8.8.8"])
+                                         "::ffff:8.8.8.8", "64:ff9b::808:808",
+                                         "2002:808:808::1"])
     def test_public_addresses_pass(self, address: str) -> None:
         destination = ssrf.resolve("https://hooks.example.com/x", [], answering([address]))
         assert destination.address == ipaddress.ip_address(address)
 
     def test_the_allow_list_lets_named_networks_through_and_no_others(self) -> None:
-        allow = [ipaddress.ip_network("127.0.0.1/32")]
-
-        assert str(ssrf.resolve("http://127.0.0.1:9/", allow).address) == "127.0.0.1"
-        assert ssrf.resolve("http://[::ffff:127.0.0.1]:9/", allow).address == \
+        assert str(ssrf.resolve("http://127.0.0.1:9/", LOOPBACK).address) == "127.0.0.1"
+        assert ssrf.resolve("http://[::ffff:127.0.0.1]:9/", LOOPBACK).address == \
             ipaddress.ip_address("::ffff:127.0.0.1")
         for other in ("http://127.0.0.2/", "http://10.0.0.1/"):
             with pytest.raises(DestinationRefused):
+                ssrf.resolve(other, LOOPBACK)
+
+    def test_an_allowed_network_with_a_port_opens_that_port_only(self) -> None:
+        allow = [ssrf.AllowedNetwork.parse("127.0.0.1:9000"),
+                 ssrf.AllowedNetwork.parse("[::1]:9001")]
+
+        assert str(ssrf.resolve("http://127.0.0.1:9000/", allow).address) == "127.0.0.1"
+        assert str(ssrf.resolve("http://[::1]:9001/", allow).address) == "::1"
+        for other in ("http://127.0.0.1:9001/", "http://127.0.0.1/", "http://[::1]:9000/"):
+            with pytest.raises(DestinationRefused):
                 ssrf.resolve(other, allow)
+        with pytest.raises(DestinationRefused):
+            ssrf.check_literal("http://127.0.0.1:22/", allow)
+
+    @pytest.mark.parametrize("entry", ["127.0.0.1:0", "127.0.0.1:http", "[::1", "::1]:80",
+                                       "300.0.0.1", "[::1]x"])
+    def test_a_malformed_allow_list_entry_is_refused(self, entry: str) -> None:
+        with pytest.raises(ValueError, match=repr(entry).replace("[", r"\[")):
+            ssrf.AllowedNetwork.parse(entry)
+
+    def test_the_host_is_resolved_in_its_idna_2008_ascii_form(self) -> None:
+        """faß.de is xn--fa-hia.de under IDNA 2008; Python's own codec (IDNA 2003) would
+        look up fass.de, another domain."""
+        asked: list[str] = []
+
+        def resolver(host: str, port: int) -> list[str]:
+            asked.append(host)
+            return [PUBLIC]
+
+        destination = ssrf.resolve("https://faß.de/hook", [], resolver)
+
+        assert asked == ["xn--fa-hia.de"] and destination.host == "xn--fa-hia.de"
+
+    def test_a_lookup_that_hangs_gives_up_at_its_time_limit(self) -> None:
+        released = threading.Event()
+
+        def hanging(host: str, port: int) -> list[str]:
+            released.wait(10)
+            return [PUBLIC]
+
+        try:
+            with pytest.raises(OSError, match=r"looking up hooks.example.com took over 0.1 s"):
+                ssrf.resolve("https://hooks.example.com/", [], hanging, timeout=0.1)
+        finally:
+            released.set()
 
     def test_submit_time_checks_need_no_dns(self) -> None:
         with pytest.raises(DestinationRefused, match="loopback"):
@@ -146,11 +231,9 @@ class TestAllowed:
 
 class TestConnectsToTheCheckedAddress:
     def test_the_host_is_resolved_once_and_rebinding_is_never_asked(
-            self, engine: sa.Engine, settings: Settings, configure: Callable[..., None]
-            ) -> None:
+            self, engine: sa.Engine, hook_settings: Settings) -> None:
         """The first answer is checked and connected to; a second lookup would have
         answered with the metadata address (DNS rebinding), but there is none."""
-        configure()
         answers = [["127.0.0.1"], ["169.254.169.254"]]
         lookups: list[str] = []
 
@@ -159,10 +242,9 @@ class TestConnectsToTheCheckedAddress:
             return answers.pop(0)
 
         clock = Clock()
-        allowed = settings.model_copy(
-            update={"webhook_allow_networks": [ipaddress.ip_network("127.0.0.1/32")]})
+        allowed = hook_settings.model_copy(update={"webhook_allow_networks": LOOPBACK})
         with Receiver(SECRET) as hook:
-            port = hook.url.split(":")[2].split("/")[0]
+            port = hook.port
             hooked_job(engine, f"http://hooks.example.test:{port}/webhooks", clock())
             lease, [delivery_id] = claim_deliveries(engine, clock())
 
@@ -173,3 +255,70 @@ class TestConnectsToTheCheckedAddress:
         [got] = hook.received
         assert got.verified and got.webhook_id == delivery_id
         assert got.headers["host"] == f"hooks.example.test:{port}"
+
+
+def certificate(directory: Path, name: str) -> Path:
+    """A self-signed certificate for ``name`` and its key, in one PEM file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    path = directory / f"{name}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return path
+
+
+class TestHttps:
+    """Over HTTPS the connection goes to the checked IP address while TLS names the URL's
+    host: SNI carries it, and the certificate must be valid for it."""
+
+    def attempt(self, engine: sa.Engine, settings: Settings, tmp_path: Path,
+                certified: str) -> tuple[str, Receiver, list[str | None]]:
+        """Deliver to https://hooks.example.test (resolving to loopback) served with a
+        trusted certificate for ``certified``; what came of it, the server, and the names
+        SNI gave it."""
+        pem = certificate(tmp_path, certified)
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(pem)
+        names: list[str | None] = []
+        server.sni_callback = lambda _s, name, _c: names.append(name)  # type: ignore[assignment,misc]
+        clock = Clock()
+        allowed = settings.model_copy(update={"webhook_allow_networks": LOOPBACK})
+        with Receiver(SECRET, tls=server) as hook, deliver.new_client(
+                settings, verify=ssl.create_default_context(cafile=str(pem))) as client:
+            hooked_job(engine, f"https://hooks.example.test:{hook.port}/webhooks", clock())
+            lease, [delivery_id] = claim_deliveries(engine, clock())
+            result = deliver.run(delivery_id, lease, settings=allowed, engine=engine,
+                                 now=clock, resolver=answering(["127.0.0.1"]), client=client)
+        return result, hook, names
+
+    def test_sni_and_the_certificate_name_the_host_while_the_checked_ip_is_connected(
+            self, engine: sa.Engine, hook_settings: Settings, tmp_path: Path) -> None:
+        result, hook, names = self.attempt(engine, hook_settings, tmp_path,
+                                           "hooks.example.test")
+
+        assert result == "delivered" and names == ["hooks.example.test"]
+        [got] = hook.received
+        assert got.verified and got.headers["host"] == f"hooks.example.test:{hook.port}"
+
+    def test_a_certificate_for_another_name_is_refused(
+            self, engine: sa.Engine, hook_settings: Settings, tmp_path: Path) -> None:
+        result, hook, _ = self.attempt(engine, hook_settings, tmp_path, "other.example.test")
+
+        assert result.startswith("retry in") and hook.received == []
+        with engine.connect() as conn:
+            error = conn.exec_driver_sql("SELECT error FROM webhook_attempts").scalar_one()
+        assert "Hostname mismatch" in error and "hooks.example.test" in error
