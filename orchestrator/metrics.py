@@ -1,12 +1,13 @@
 """Prometheus metrics, of two kinds (docs/metrics.md says why):
 
 - **Fleet-wide, read from the database at scrape time** (``DatabaseCollector``, served by
-  the API's ``/metrics``): jobs by state, transitions, scheduler lag, live deployments.
+  the API's ``/metrics``): jobs by state, transitions, scheduler lag, live deployments,
+  webhook events and attempts.
   The database already holds every process's work, so any one API replica reports the
   whole fleet, however many schedulers and workers run on however many machines.
-- **Process-local** (the module-level metrics below): step durations and provider errors,
-  counted where steps and provider calls run (workers; the API's events route too), and
-  how late the scheduler picks due jobs up. Each
+- **Process-local** (the module-level metrics below): step durations, webhook attempt
+  durations and provider errors, counted where steps, attempts and provider calls run
+  (workers; the API's events route too), and how late the scheduler picks due jobs up. Each
   scheduler and worker serves its own ``/metrics`` on ``TUNECTL_METRICS_PORT``; a prefork
   worker aggregates its pool children with prometheus_client's multiprocess mode.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import datetime
 
 import sqlalchemy as sa
 from prometheus_client import (
@@ -48,6 +50,10 @@ PICKUP_LAG = Histogram(
     "How late each claimed job was picked up: claim time minus when it became due "
     "(its next_run_at; for a rescued job, its lease expiry).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "tunectl_webhook_attempt_duration_seconds",
+    "Time one webhook attempt took, from signing to the answer (or the refusal, the timeout).",
+    ["outcome"], buckets=_SECONDS)
 
 def step_outcome(result: str) -> str:
     """The label of a step's result ("retry in 5s" → "retry"; a target state stays)."""
@@ -56,7 +62,7 @@ def step_outcome(result: str) -> str:
 
 class DatabaseCollector(Collector):
     """Fleet-wide figures, read from the database on each scrape (a few aggregate queries,
-    served by the jobs' indexes and the dashboard views)."""
+    served by the tables' indexes and the dashboard views)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -76,10 +82,18 @@ class DatabaseCollector(Collector):
         deployments = GaugeMetricFamily("tunectl_deployments_live",
                                         "Deployments that exist at their provider.",
                                         labels=["provider", "state"])
-        oldest = sa.text("SELECT MIN(next_run_at), COUNT(*) FROM jobs "
-                         "WHERE lease_owner IS NULL AND next_run_at <= :now").bindparams(
-            sa.bindparam("now", type_=TZDateTime())).columns(
-            sa.column("oldest", TZDateTime()), sa.column("n", sa.Integer()))
+        events = GaugeMetricFamily("tunectl_webhook_events",
+                                   "Webhook events (one per transition and endpoint) by status.",
+                                   labels=["status"])
+        attempts = CounterMetricFamily("tunectl_webhook_attempts",
+                                       "Webhook attempts recorded, by outcome.",
+                                       labels=["outcome"])
+        webhook_lag = GaugeMetricFamily(
+            "tunectl_webhook_delivery_lag_seconds",
+            "How overdue the most overdue webhook attempt is that no scheduler has claimed "
+            "yet (0: none waiting).")
+        disabled = GaugeMetricFamily("tunectl_webhook_endpoints_disabled",
+                                     "Webhook endpoints disabled by a 410 Gone.")
         with self.engine.connect() as conn:
             for project, provider, state, n in conn.execute(sa.text(
                     "SELECT project, provider, state, jobs FROM jobs_by_state")):
@@ -89,14 +103,39 @@ class DatabaseCollector(Collector):
                     "FROM job_transitions t JOIN jobs j ON j.id = t.job_id "
                     "GROUP BY j.provider, t.from_state, t.to_state")):
                 transitions.add_metric([provider, source or "none", target], n)
-            first, waiting = conn.execute(oldest, {"now": now}).one()
+            first, waiting = conn.execute(_oldest_due("jobs", "next_run_at"), {"now": now}).one()
             for provider, state, n in conn.execute(sa.text(
                     "SELECT provider, state, COUNT(*) FROM deployments_up "
                     "GROUP BY provider, state")):
                 deployments.add_metric([provider, state], n)
-        lag.add_metric([], max(0.0, (now - first).total_seconds()) if first else 0.0)
+            for status, n in conn.execute(sa.text(
+                    "SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status")):
+                events.add_metric([status], n)
+            for outcome, n in conn.execute(sa.text(
+                    "SELECT outcome, COUNT(*) FROM webhook_attempts GROUP BY outcome")):
+                attempts.add_metric([outcome], n)
+            first_event, _ = conn.execute(_oldest_due(
+                "webhook_deliveries", "next_attempt_at", "status = 'pending' AND "),
+                {"now": now}).one()
+            disabled.add_metric([], conn.execute(sa.text(
+                "SELECT COUNT(*) FROM webhook_endpoints WHERE state = 'disabled'")).scalar_one())
+        lag.add_metric([], _overdue_s(now, first))
         due.add_metric([], waiting)
-        yield from (jobs, transitions, lag, due, deployments)
+        webhook_lag.add_metric([], _overdue_s(now, first_event))
+        yield from (jobs, transitions, lag, due, deployments, events, attempts, webhook_lag,
+                    disabled)
+
+
+def _overdue_s(now: datetime, due: datetime | None) -> float:
+    return max(0.0, (now - due).total_seconds()) if due else 0.0
+
+
+def _oldest_due(table: str, due: str, where: str = "") -> sa.TextualSelect:
+    """The oldest due time of ``table``'s unclaimed rows due by ``:now``, and how many."""
+    return sa.text(f"SELECT MIN({due}), COUNT(*) FROM {table} "
+                   f"WHERE {where}lease_owner IS NULL AND {due} <= :now").bindparams(
+        sa.bindparam("now", type_=TZDateTime())).columns(
+        sa.column("oldest", TZDateTime()), sa.column("n", sa.Integer()))
 
 
 def exposition(engine: sa.Engine) -> bytes:

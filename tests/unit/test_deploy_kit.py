@@ -257,7 +257,7 @@ def test_the_grafana_dashboard_queries_run_on_the_views(engine: sa.Engine) -> No
     for path in (DEPLOY / "grafana" / "provisioning").rglob("*.yaml"):
         assert yaml.safe_load(path.read_text())["apiVersion"] == 1
 
-    assert len(queries) == 8
+    assert len(queries) == 9
     with engine.connect() as conn:
         for sql in queries:
             conn.execute(sa.text(sql)).all()
