@@ -113,6 +113,8 @@ class JobDoc(_Document):
     fine_tuned_model: str | None
     deployed_model: str | None
     error: str | None
+    #: Why a failed job failed, as a stable class (docs/dashboards.md lists them).
+    failure_kind: str | None
     labels: dict[str, Any]
     idempotency_key: str | None
     training_file_id: str | None
@@ -135,7 +137,8 @@ class JobDoc(_Document):
             base_model=job.base_model, method=job.method, state=job.state,
             provider_status=job.provider_status, provider_job_id=job.provider_job_id,
             fine_tuned_model=job.fine_tuned_model, deployed_model=job.deployed_model,
-            error=job.error, labels=dict(job.labels), idempotency_key=job.idempotency_key,
+            error=job.error, failure_kind=job.failure_kind, labels=dict(job.labels),
+            idempotency_key=job.idempotency_key,
             training_file_id=job.training_file_id, validation_file_id=job.validation_file_id,
             result=dict(job.result), model_ref=job.result.get("model_ref"),
             dataset=None if job.dataset is None else dict(job.dataset),

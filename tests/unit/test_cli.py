@@ -119,6 +119,23 @@ def test_the_table_views_render(env: dict[str, str], tmp_path: Path,
     assert "queued" in shown and "submitted from" in shown
 
 
+def test_show_says_why_a_failed_job_failed(env: dict[str, str], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    tunectl(capsys, "db", "upgrade")
+    job_id = json.loads(tunectl(capsys, "submit", str(spec_file(tmp_path)), "--json")[1])["id"]
+    from orchestrator.db.engine import get_engine
+
+    with get_engine(f"sqlite:///{tmp_path}/data/tunectl.db").begin() as conn:
+        conn.exec_driver_sql("UPDATE jobs SET state = 'failed', failure_kind = 'provider_auth', "
+                             "error = 'OpenAI refused the key', finished_at = updated_at, "
+                             "next_run_at = NULL")
+
+    shown = tunectl(capsys, "show", job_id)[1]
+    assert "error: OpenAI refused the key" in shown and "failure kind: provider_auth" in shown
+    assert json.loads(tunectl(capsys, "show", job_id, "--json")[1])["failure_kind"] == \
+        "provider_auth"
+
+
 def test_show_events_fetches_the_provider_jobs_events(env: dict[str, str], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
