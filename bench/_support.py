@@ -134,3 +134,18 @@ class Child:
             os.killpg(self.popen.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=15)
+
+
+def starter(stack: contextlib.ExitStack, env: dict[str, str], logs: Path
+            ) -> Callable[[str, list[str]], Child]:
+    """A function that starts a named ``Child`` with ``env``, logging to ``logs/NAME.log``;
+    every child it started is killed, newest first, when ``stack`` closes."""
+    children: list[Child] = []
+    stack.callback(lambda: [c.kill() for c in reversed(children)])
+
+    def start(name: str, argv: list[str]) -> Child:
+        child = Child(name, argv, env, logs / f"{name}.log")
+        children.append(child)
+        return child
+
+    return start

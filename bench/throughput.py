@@ -48,6 +48,7 @@ from _support import (
     Child,
     run_in_temp_dir,
     stack_urls,
+    starter,
     tunectl_argv,
     write_spec,
 )
@@ -124,13 +125,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]
         BENCH_NOOP_FILE=str(tmp / "noop.count"),
     )
     os.environ.update({k: v for k, v in env.items() if k.startswith(("TUNECTL_", "OPENAI_"))})
-    children: list[Child] = []
-    stack.callback(lambda: [c.kill() for c in reversed(children)])
-
-    def start(name: str, argv: list[str]) -> Child:
-        child = Child(name, argv, env, tmp / f"{name}.log")
-        children.append(child)
-        return child
+    start = starter(stack, env, tmp)
 
     started = time.monotonic()
     emulator = start("emulator", tunectl_argv("emulator", "--port", str(port),

@@ -46,9 +46,9 @@ import httpx
 from _support import (
     DEFAULT_PG_ADMIN_URL,
     VENV_BIN,
-    Child,
     run_in_temp_dir,
     stack_urls,
+    starter,
     tunectl_argv,
     write_spec,
 )
@@ -117,13 +117,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> dict[str, Any]
         OPENAI_WEBHOOK_SECRET=openai_secret,
     )
     os.environ.update({k: v for k, v in env.items() if k.startswith(("TUNECTL_", "OPENAI_"))})
-    children: list[Child] = []
-    stack.callback(lambda: [c.kill() for c in reversed(children)])
-
-    def start(name: str, argv: list[str]) -> Child:
-        child = Child(name, argv, env, tmp / f"{name}.log")
-        children.append(child)
-        return child
+    start = starter(stack, env, tmp)
 
     deadline = time.monotonic() + 60
     start("emulator", tunectl_argv("emulator", "--port", str(port)))
