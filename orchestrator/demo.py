@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -30,7 +31,7 @@ from sqlmodel import col, select
 
 from orchestrator import jobs as job_ops
 from orchestrator.blobs import BlobStore
-from orchestrator.config import Settings
+from orchestrator.config import Settings, get_settings
 from orchestrator.db.engine import make_engine, session_scope
 from orchestrator.db.models import Job, JobTransition
 from orchestrator.errors import ProviderError, UserError
@@ -61,6 +62,20 @@ WEBHOOK_GRACE_S = 15.0
 
 def _secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _use_environment(env: dict[str, str]) -> Callable[[], None]:
+    """Make ``env`` this process's whole environment (and settings); return what puts the
+    one before back."""
+    saved = dict(os.environ)
+
+    def use(values: dict[str, str]) -> None:
+        os.environ.clear()
+        os.environ.update(values)
+        get_settings.cache_clear()
+
+    use(env)
+    return lambda: use(saved)
 
 
 def _tunectl(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -97,11 +112,13 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
     key_file = home / "google-service-account.json"
     env.update(TUNECTL_VERTEX_BASE_URL=google, TUNECTL_GCS_BASE_URL=google,
                TUNECTL_GCS_BUCKET=DEMO_BUCKET, GOOGLE_APPLICATION_CREDENTIALS=str(key_file))
-    demo_settings = Settings(data_dir=home, vertex_base_url=google, gcs_base_url=google,
-                             gcs_bucket=DEMO_BUCKET, google_application_credentials=key_file)
     log = home / "daemon.log"
     console.print(f"[bold]tunectl demo[/bold]: data in {home}, logs in {log}", highlight=False)
     children: list[subprocess.Popen[bytes]] = []
+    # This process submits the examples (and writes their first webhook events) as the
+    # daemon runs them: with the daemon's environment, not the shell's.
+    restore = _use_environment(env)
+    demo_settings = get_settings()
     try:
         children.append(_tunectl("emulator", "--port", str(port), "--job-duration",
                                  str(job_duration), env=env, log=log))
@@ -135,7 +152,8 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
         for example in EXAMPLES:
             path = Path(str(files("orchestrator.examples") / example))
             job = job_ops.submit(engine, blobs, load_spec(path), source=example,
-                                 project=demo_settings.default_project).job
+                                 project=demo_settings.default_project,
+                                 settings=demo_settings).job
             names[job.id] = job.name
             console.print(f"submitted [bold]{job.name}[/bold] as {job.id}", highlight=False)
         console.print()
@@ -164,6 +182,7 @@ def run_demo(console: Console, *, job_duration: float, timeout: float) -> int:
                       highlight=False, soft_wrap=True)
         return 1 if wrong or forged or len(got) != len(final) else 0
     finally:
+        restore()
         receiver.stop()
         for child in reversed(children):
             child.terminate()

@@ -38,7 +38,11 @@ def test_demo_shows_every_state_of_the_support_bot_job(tmp_path: Path, procs: Pr
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TUNECTL_", "OPENAI_", "GOOGLE_", "VERTEXAI_"))}
     env.update(TUNECTL_DATA_DIR=str(tmp_path / "data"), XDG_DATA_HOME=str(tmp_path / "xdg"),
-               HOME=str(tmp_path / "home"), COLUMNS="200", PYTHONUNBUFFERED="1")
+               HOME=str(tmp_path / "home"), COLUMNS="200", PYTHONUNBUFFERED="1",
+               # A shell set up for real work: none of it may reach the demo's jobs.
+               VERTEXAI_PROJECT="someone-elses-project", TUNECTL_GCS_BUCKET="someone-elses",
+               TUNECTL_GCS_PREFIX="elsewhere/",
+               TUNECTL_WEBHOOKS='[{"url": "http://127.0.0.1:9/elsewhere", "events": ["all"]}]')
     # In its own process group: teardown kills the demo's emulator and daemon too.
     demo = procs.start("demo", tunectl_argv("demo", "--job-duration", "1", "--timeout", "150"),
                        env)
