@@ -135,8 +135,13 @@ def write(conn: sa.Connection, change: Change, notify: list[dict[str, Any]] | No
                         and change.target is State.SUCCEEDED
                         and _succeeded_before(conn, change.job_id))
     chosen: dict[str, tuple[str, str, str, str]] = {}
-    targets = [("spec", t["url"], t.get("secret"), t.get("events") or ()) for t in notify or ()]
-    targets += [("config", t.url, t.secret, t.events) for t in settings.webhooks]
+    # A spec naming one of the operator's endpoints changes neither how its events are
+    # signed nor which it gets.
+    targets: list[tuple[str, str, str | None, Sequence[str]]] = [
+        ("config", t.url, t.secret, t.events) for t in settings.webhooks]
+    operators = {endpoint_id(t.url) for t in settings.webhooks}
+    targets += [("spec", t["url"], t.get("secret"), t.get("events") or ()) for t in notify or ()
+                if endpoint_id(t["url"]) not in operators]
     for source, url, secret, events in targets:
         kind = event_type(events, kinds, change.target)
         if kind is not None:  # the first target naming an endpoint wins
@@ -196,7 +201,8 @@ def payload(job: sa.Row[Any], kind: str, change: Change) -> str:
                 "fine_tuned_model": job.fine_tuned_model,
                 "deployed_model": job.deployed_model,
                 "model_ref": (job.result or {}).get("model_ref"),
-                "error": job.error, "labels": dict(job.labels or {}),
+                "error": job.error, "failure_kind": job.failure_kind,
+                "labels": dict(job.labels or {}),
                 "timings": {"created_at": iso(job.created_at),
                             "finished_at": iso(job.finished_at), "duration_s": duration},
                 "cost_estimate": {

@@ -22,7 +22,7 @@ from orchestrator.db.transition import insert_job, transition
 from orchestrator.db.types import new_id
 from orchestrator.errors import SpecError, StaleTransition
 from orchestrator.notify.outbox import Wake, endpoint_id
-from orchestrator.states import State
+from orchestrator.states import FailureKind, State
 from tests.helpers import OTHER_SECRET, SECRET, SECRET_NAME, make_spec
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -115,6 +115,18 @@ class TestWhatIsWritten:
         assert job["timings"]["duration_s"] == 6.0  # finished 6 transitions after creation
         assert payload["data"]["transition"]["from"] == "finalizing"
 
+    def test_a_failed_jobs_payload_says_why_as_its_failure_kind(self, engine: sa.Engine) -> None:
+        job_id = new_job(engine, [target()])
+        walk(engine, job_id, [State.VALIDATING, State.FAILED], error="bad dataset",
+             failure_kind="dataset")
+
+        payload = json.loads(deliveries(engine)[0].payload)
+        jsonschema.validate(payload, SCHEMA)
+        assert (payload["type"], payload["data"]["job"]["failure_kind"]) == ("job.failed",
+                                                                             "dataset")
+        kinds = SCHEMA["$defs"]["job"]["properties"]["failure_kind"]["enum"]
+        assert kinds == [None, *(k.value for k in FailureKind)]
+
     def test_every_transition_for_a_target_that_asks_for_all(self, engine: sa.Engine) -> None:
         job_id = new_job(engine, [target(["all"])])
         walk(engine, job_id, [*TO_TRAINING, State.TRAINING, State.CANCELLING, State.CANCELLED])
@@ -196,7 +208,7 @@ class TestWhatIsWritten:
         configure(TUNECTL_WEBHOOKS=[
             {"url": "https://ops.example.com/all", "secret": SECRET_NAME, "events": ["all"]},
             {"url": "https://ops.example.com/failures", "events": ["failed"]},
-            # The spec names this one too: still one event per endpoint.
+            # The spec names this one too: still one event per endpoint, the operator's.
             {"url": HOOK, "secret": "OTHER_NAME", "events": ["all"]},
         ])
         job_id = new_job(engine, [target()])
@@ -209,21 +221,36 @@ class TestWhatIsWritten:
             ("https://ops.example.com/all", "job.queued", "config", SECRET_NAME),
             (HOOK, "job.validating", "config", "OTHER_NAME"),
             ("https://ops.example.com/all", "job.validating", "config", SECRET_NAME),
-            (HOOK, "job.failed", "spec", SECRET_NAME),  # the spec's own target comes first
+            (HOOK, "job.failed", "config", "OTHER_NAME"),  # the operator's, not the spec's
             ("https://ops.example.com/all", "job.failed", "config", SECRET_NAME),
             ("https://ops.example.com/failures", "job.failed", "config",
              "TUNECTL_WEBHOOK_SECRET"),
         ]
 
 
+    def test_a_spec_naming_an_operators_endpoint_changes_nothing_it_gets(
+            self, engine: sa.Engine, configure: Callable[..., None]) -> None:
+        """Not its secret, nor its filter: the operator's receiver would refuse the
+        project's signature, and the events it filters out are none of the project's."""
+        configure(TUNECTL_WEBHOOKS=[{"url": OPS, "secret": "OTHER_NAME",
+                                     "events": ["failed"]}])
+        job_id = new_job(engine, [target(["all"], url=OPS), target(["all"])])
+        walk(engine, job_id, [State.VALIDATING, State.FAILED], error="bad dataset",
+             failure_kind="dataset")
+
+        got = [(r.url, r.event_type, r.source, r.secret_name) for r in deliveries(engine)]
+        assert [g for g in got if g[0] == OPS] == [(OPS, "job.failed", "config", "OTHER_NAME")]
+        assert [g[1] for g in got if g[0] == HOOK] == ["job.queued", "job.validating",
+                                                       "job.failed"]
+
     def test_one_endpoint_however_its_url_is_spelled(
             self, engine: sa.Engine, configure: Callable[..., None]) -> None:
-        configure(TUNECTL_WEBHOOKS=[{"url": "https://hooks.example.com/tunectl",
+        configure(TUNECTL_WEBHOOKS=[{"url": "https://Hooks.Example.COM:443/tunectl",
                                      "secret": SECRET_NAME, "events": ["all"]}])
-        job_id = new_job(engine, [target(["all"], url="HTTPS://Hooks.Example.COM:443/tunectl")])
+        job_id = new_job(engine, [target(["all"], url="HTTPS://hooks.example.com/tunectl")])
         walk(engine, job_id, [State.CANCELLED])
 
-        assert [(r.url, r.source) for r in deliveries(engine)] == [(HOOK, "spec")] * 2
+        assert [(r.url, r.source) for r in deliveries(engine)] == [(HOOK, "config")] * 2
         assert endpoint_id("https://HOOKS.example.com:443/tunectl") == endpoint_id(HOOK)
         assert endpoint_id("https://hooks.example.com/Tunectl") != endpoint_id(HOOK)
 
