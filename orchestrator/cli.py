@@ -189,7 +189,7 @@ def show(
             ("provider status", data["provider_status"]),
             ("tuned model", data["fine_tuned_model"]),
             ("deployed model", data["deployed_model"]), ("error", data["error"]),
-            ("failure kind", data["failure_kind"]),
+            ("failure kind", data.get("failure_kind")),  # older APIs have none
             ("last error", data["last_error"] if data["state"] != "failed" else None)):
         if value:
             out.print(f"  {name}: {value}")

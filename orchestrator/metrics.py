@@ -108,17 +108,22 @@ class DatabaseCollector(Collector):
                     "SELECT provider, state, COUNT(*) FROM deployments_up "
                     "GROUP BY provider, state")):
                 deployments.add_metric([provider, state], n)
-            for status, n in conn.execute(sa.text(
-                    "SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status")):
-                events.add_metric([status], n)
-            for outcome, n in conn.execute(sa.text(
-                    "SELECT outcome, COUNT(*) FROM webhook_attempts GROUP BY outcome")):
-                attempts.add_metric([outcome], n)
+            # Every status and outcome, 0 until the first: alerts and rate() see it start.
+            by_status = dict.fromkeys(("pending", "delivered", "dead"), 0) | dict(
+                conn.execute(sa.text("SELECT status, COUNT(*) FROM webhook_deliveries "
+                                     "GROUP BY status")).all())
+            by_outcome = dict.fromkeys(("delivered", "failed", "refused"), 0) | dict(
+                conn.execute(sa.text("SELECT outcome, COUNT(*) FROM webhook_attempts "
+                                     "GROUP BY outcome")).all())
             first_event, _ = conn.execute(_oldest_due(
                 "webhook_deliveries", "next_attempt_at", "status = 'pending' AND "),
                 {"now": now}).one()
             disabled.add_metric([], conn.execute(sa.text(
                 "SELECT COUNT(*) FROM webhook_endpoints WHERE state = 'disabled'")).scalar_one())
+        for status, n in by_status.items():
+            events.add_metric([status], n)
+        for outcome, n in by_outcome.items():
+            attempts.add_metric([outcome], n)
         lag.add_metric([], _overdue_s(now, first))
         due.add_metric([], waiting)
         webhook_lag.add_metric([], _overdue_s(now, first_event))

@@ -69,6 +69,7 @@ def test_a_spec_that_cannot_be_queued_is_dropped_with_the_reason_logged(
 @pytest.mark.parametrize("project", [
     pytest.param("x" * 65, id="longer-than-the-column"),
     pytest.param("Support Team", id="not-a-project-name"),
+    pytest.param("alpha\n", id="a-trailing-newline"),
     pytest.param("", id="empty"),
     pytest.param(42, id="not-a-string"),
 ])

@@ -19,6 +19,7 @@ from orchestrator.config import Settings
 from orchestrator.db.engine import session_scope
 from orchestrator.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from orchestrator.db.types import utcnow
+from orchestrator.loopback import free_port
 from orchestrator.metrics import DatabaseCollector
 from orchestrator.notify.receiver import Receiver
 from tests.helpers import SECRET, Clock
@@ -88,14 +89,26 @@ def expected(engine: sa.Engine) -> dict[str, dict[str, Any]]:
     return figures
 
 
+class Ticking(Clock):
+    """A clock a quarter of a second later each time it is read: an attempt finishes
+    after it started."""
+
+    def __call__(self) -> datetime:
+        self.advance(0.25)
+        return self.current
+
+
 @pytest.fixture
 def urls(engine: sa.Engine, hook_settings: Settings) -> dict[str, str]:
-    """Events sent through real attempts to five endpoints: one that always fails (its
+    """Events sent through real attempts to six endpoints: one that always fails (its
     attempts over a day ago), one that takes them, one that fails once, one that answers
-    410 Gone, and a private address the SSRF guard refuses. Returns their URLs by role."""
+    410 Gone, one down at first (no answer, so no latency) and then up, and a private
+    address the SSRF guard refuses. Returns their URLs by role."""
     settings = hook_settings.model_copy(update={"webhook_allow_networks": LOOPBACK,
                                                 "webhook_retry_schedule_s": [0.0, 10.0, 100.0]})
-    clock = Clock()
+    clock = Ticking()
+    back_port = free_port()
+    back_url = f"http://127.0.0.1:{back_port}/webhooks"
     with Receiver(SECRET, respond=Script(500)) as broken, \
             Receiver(SECRET, respond=Script(200)) as ok, \
             Receiver(SECRET, respond=Script(500, 200)) as flaky, \
@@ -105,13 +118,17 @@ def urls(engine: sa.Engine, hook_settings: Settings) -> dict[str, str]:
         run_out(engine, settings, clock)
 
         clock.current = utcnow() - timedelta(hours=1)
-        for url in (ok.url, ok.url, flaky.url, gone.url, gone.url):
+        for url in (ok.url, ok.url, flaky.url, gone.url, gone.url, back_url, back_url,
+                    back_url):
             event_for(engine, url, clock)
-        run_out(engine, settings, clock)
+        attempt_due(engine, settings, clock)
+        clock.advance(200)
+        with Receiver(SECRET, port=back_port):
+            run_out(engine, settings, clock)
         event_for(engine, REFUSED, clock)
         attempt_due(engine, settings, clock)
     return {"broken": broken.url, "ok": ok.url, "flaky": flaky.url, "gone": gone.url,
-            "refused": REFUSED}
+            "back": back_url, "refused": REFUSED}
 
 
 def test_the_view_returns_each_endpoints_delivery_figures(
@@ -121,7 +138,7 @@ def test_the_view_returns_each_endpoints_delivery_figures(
             dict(row._mapping) for row in conn.execute(sa.text(
                 "SELECT * FROM webhook_delivery_health")))}
     want = expected(engine)
-    assert found.keys() == want.keys() and len(want) == 5
+    assert found.keys() == want.keys() and len(want) == 6
     for endpoint_id, computed in want.items():
         row = found[endpoint_id]
         for column, value in computed.items():
@@ -144,6 +161,9 @@ def test_the_view_returns_each_endpoints_delivery_figures(
     assert figures("flaky", "attempts_failed", "events_delivered", "failures_24h") == (1, 1, 1)
     assert figures("gone", "state", "events_dead", "attempts", "last_status_code") == (
         "disabled", 2, 1, 410)
+    assert figures("back", "attempts_failed", "attempts_delivered", "events_delivered") == (
+        3, 3, 3)
+    assert figures("back", "last_delivered_at") > figures("back", "last_attempt_at")
     assert figures("refused", "events_pending", "attempts_refused", "last_outcome",
                    "p50_latency_ms") == (1, 1, "refused", None)
     refused = by_role["refused"]
@@ -164,9 +184,9 @@ def test_the_fleets_webhook_metrics_are_read_from_the_database(
         return fleet[(name, tuple(sorted(labels.items())))]
 
     assert [value("tunectl_webhook_events", status=s) for s in ("pending", "delivered",
-                                                                "dead")] == [1, 3, 3]
+                                                                "dead")] == [1, 6, 3]
     assert [value("tunectl_webhook_attempts_total", outcome=o)
-            for o in ("delivered", "failed", "refused")] == [3, 5, 1]
+            for o in ("delivered", "failed", "refused")] == [6, 8, 1]
     assert value("tunectl_webhook_endpoints_disabled") == 1
     overdue = (utcnow() - as_time(pending_since)).total_seconds()
     assert math.isclose(value("tunectl_webhook_delivery_lag_seconds"), overdue, abs_tol=5)

@@ -1,5 +1,7 @@
 """The webhook delivery health view: per endpoint, its events by status, its attempts by
-outcome, their latency, and what it last answered (docs/dashboards.md).
+outcome, their latency, and what it last answered (docs/dashboards.md). As with 0006's
+views, a later batch-mode change of a table under it on SQLite must drop it first and
+create it again after.
 
 Revision ID: 0008
 Revises: 0007
