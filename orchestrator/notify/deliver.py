@@ -33,7 +33,7 @@ import httpx
 import sqlalchemy as sa
 import structlog
 
-from orchestrator import __version__, metrics
+from orchestrator import __version__
 from orchestrator.config import Settings
 from orchestrator.db import queries
 from orchestrator.db import webhooks as rows
@@ -210,6 +210,8 @@ def run(delivery_id: str, lease: str, *, settings: Settings, engine: sa.Engine,
                              attempted=endpoint.state != "disabled")
             log.warning("webhook.dead", why=reason, attempts=delivery.attempts)
             return "dead"
+        from orchestrator import metrics  # not at import: a prefork worker sets it up first
+
         started = time.monotonic()
         attempt, answer = _attempt(delivery, endpoint.url, project, settings, resolver,
                                    client or webhook_client(settings), now)

@@ -41,3 +41,17 @@ def test_steps_and_the_scheduler_count_into_the_process_registry(
              sample("tunectl_scheduler_pickup_lag_seconds_count"))
     assert [a - b for a, b in zip(after, before, strict=True)][:3] == [1, 1, 1]
     assert after[3] > before[3]
+
+
+def test_the_worker_sets_up_shared_metrics_before_anything_imports_prometheus_client() -> None:
+    """A prefork worker's PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is
+    imported; `tunectl worker` refuses to start otherwise. What it imports by then must not
+    import it (a module-level `from orchestrator import metrics` in a step module would)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, orchestrator.cli, workers.app, orchestrator.db.engine; "
+            "print('prometheus_client' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
