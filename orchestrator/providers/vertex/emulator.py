@@ -13,7 +13,9 @@ benchmarks.
     DELETE /storage/v1/b/{bucket}/o/{object}      delete it (``ifGenerationMatch``)
     GET  /download/storage/v1/b/{bucket}/o/{object}   its bytes (the object's ``mediaLink``)
     POST /upload/storage/v1/b/{bucket}/o          uploadType=media | multipart | resumable
-    PUT  /upload/storage/v1/b/{bucket}/o          a resumable session's chunks (``upload_id``)
+    PUT  /upload/storage/v1/b/{bucket}/o          a resumable session's chunks (``upload_id``;
+                                                  a POST there is a chunk too)
+    DELETE /upload/storage/v1/b/{bucket}/o        cancel that session (499)
     POST /{v1|v1beta1}/projects/{p}/locations/{l}/tuningJobs          create
     GET  /{v1|v1beta1}/projects/{p}/locations/{l}/tuningJobs          list (filter, paging)
     GET  /{v1|v1beta1}/projects/{p}/locations/{l}/tuningJobs/{id}     get
@@ -224,11 +226,18 @@ def download_object(store: StoreDep, bucket: str, name: str) -> Response:
 
 
 async def upload(request: Request, store: StoreDep, bucket: str,
-                 upload_type: Annotated[str, Query(alias="uploadType")],
+                 upload_type: Annotated[str | None, Query(alias="uploadType")] = None,
                  name: str | None = None,
                  if_generation_match: Annotated[str | None, Query(
-                     alias="ifGenerationMatch")] = None) -> Any:
-    """Upload an object (media or multipart), or start a resumable upload session."""
+                     alias="ifGenerationMatch")] = None,
+                 upload_id: str | None = None) -> Any:
+    """Upload an object (media or multipart), or start a resumable upload session. A POST
+    to a session's URI (``upload_id``) is one of its chunks, as a PUT is: gcsfs POSTs them,
+    and Cloud Storage takes either."""
+    if upload_id is not None:
+        return await upload_chunk(request, store, bucket, upload_id)
+    if upload_type is None:
+        raise ApiError(400, "INVALID_ARGUMENT", "Required parameter: uploadType", storage=True)
     only_if_absent = _absent(if_generation_match)
     body = await request.body()
     if upload_type == "media":
@@ -268,6 +277,13 @@ async def upload_chunk(request: Request, store: StoreDep, bucket: str,
         return result
     headers = {"range": f"bytes=0-{result - 1}"} if result else {}
     return Response(status_code=308, headers=headers)
+
+
+def cancel_upload(store: StoreDep, bucket: str, upload_id: str) -> Response:
+    """Cancel a resumable session (DELETE on its URI): 499, and it is gone (later requests
+    to it are 404); nothing is stored."""
+    store.cancel_upload(upload_id)
+    return Response(status_code=499)
 
 
 def _absent(if_generation_match: str | None) -> bool:
@@ -410,6 +426,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("GET", "/download/storage/v1/b/{bucket}/o/{name:path}", download_object),
     ("POST", "/upload/storage/v1/b/{bucket}/o", upload),
     ("PUT", "/upload/storage/v1/b/{bucket}/o", upload_chunk),
+    ("DELETE", "/upload/storage/v1/b/{bucket}/o", cancel_upload),
     ("POST", _JOBS, create_job),
     ("GET", _JOBS, list_jobs),
     ("GET", _JOBS + "/{job_id}", get_job),

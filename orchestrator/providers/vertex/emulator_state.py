@@ -614,6 +614,13 @@ class Store(FaultStore[Scenario]):
                 return stored.to_api(base)
             return len(session.received)
 
+    def cancel_upload(self, upload_id: str) -> None:
+        """Forget a resumable session before its last byte (404 if there is none)."""
+        with self._lock:
+            if self._sessions.pop(upload_id, None) is None:
+                raise not_found("No such upload session", storage=True)
+            self._counts["uploads_cancelled"] += 1
+
     def _done_session(self, upload_id: str, base: str) -> dict[str, Any] | None:
         """A finished session's object (a client asking again after losing the answer)."""
         where = self._finished.get(upload_id)

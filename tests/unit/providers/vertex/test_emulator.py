@@ -291,6 +291,36 @@ class TestStorage:
         assert expired.status_code == 410 and gone.status_code == 404
 
 
+    def test_a_session_takes_chunks_by_post_and_can_be_cancelled(self,
+                                                                 emu: TestClient) -> None:
+        """gcsfs POSTs a session's chunks and DELETEs a session it gives up on."""
+        headers = bearer(emu)
+        start = {"uploadType": "resumable"}
+        kept = emu.post("/upload/storage/v1/b/bkt/o", headers=headers, params=start,
+                        json={"name": "kept.jsonl"}).headers["location"]
+        dropped = emu.post("/upload/storage/v1/b/bkt/o", headers=headers, params=start,
+                           json={"name": "dropped.jsonl"}).headers["location"]
+        first, rest = b"a" * (256 << 10), b"tail\n"
+        total = len(first) + len(rest)
+
+        partway = emu.post(kept, content=first, headers={
+            **headers, "content-range": f"bytes 0-{len(first) - 1}/*"})
+        done = emu.post(kept, content=rest, headers={
+            **headers, "content-range": f"bytes {len(first)}-{total - 1}/{total}"})
+        emu.post(dropped, content=first, headers={
+            **headers, "content-range": f"bytes 0-{len(first) - 1}/*"})
+        cancelled = emu.delete(dropped, headers=headers)
+        after = emu.put(dropped, content=rest, headers={
+            **headers, "content-range": f"bytes {len(first)}-{total - 1}/{total}"})
+
+        assert partway.status_code == 308 and partway.headers["range"] == "bytes=0-262143"
+        assert done.status_code == 200 and done.json()["size"] == str(total)
+        assert emu.get("/storage/v1/b/bkt/o/kept.jsonl", headers=headers,
+                       params={"alt": "media"}).content == first + rest
+        assert cancelled.status_code == 499 and after.status_code == 404
+        assert emu.delete(dropped, headers=headers).status_code == 404
+        assert emu.get("/storage/v1/b/bkt/o/dropped.jsonl", headers=headers).status_code == 404
+
     def test_a_multipart_body_with_bare_line_feeds_is_read(self, emu: TestClient) -> None:
         """gcsfs separates the parts with LF alone; the boundary string inside the media,
         not at the start of a line, is media."""
