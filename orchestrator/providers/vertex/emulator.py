@@ -7,11 +7,15 @@ benchmarks.
     POST /sts/v1/token                            STS token exchange (workload identity)
     POST /iamcredentials/v1/projects/-/serviceAccounts/{email}:generateAccessToken
     POST /storage/v1/b?project=…                  create a bucket (GET …/b/{bucket}: read it)
+    GET  /storage/v1/b/{bucket}/o                 list objects (prefix, delimiter, offsets,
+                                                  maxResults, pageToken)
     GET  /storage/v1/b/{bucket}/o/{object}        object metadata (``alt=media``: its bytes)
     DELETE /storage/v1/b/{bucket}/o/{object}      delete it (``ifGenerationMatch``)
     GET  /download/storage/v1/b/{bucket}/o/{object}   its bytes (the object's ``mediaLink``)
     POST /upload/storage/v1/b/{bucket}/o          uploadType=media | multipart | resumable
-    PUT  /upload/storage/v1/b/{bucket}/o          a resumable session's chunks (``upload_id``)
+    PUT  /upload/storage/v1/b/{bucket}/o          a resumable session's chunks (``upload_id``;
+                                                  a POST there is a chunk too)
+    DELETE /upload/storage/v1/b/{bucket}/o        cancel that session (499)
     POST /{v1|v1beta1}/projects/{p}/locations/{l}/tuningJobs          create
     GET  /{v1|v1beta1}/projects/{p}/locations/{l}/tuningJobs          list (filter, paging)
     GET  /{v1|v1beta1}/projects/{p}/locations/{l}/tuningJobs/{id}     get
@@ -19,11 +23,17 @@ benchmarks.
     POST /{v1|v1beta1}/projects/{p}/locations/{l}/endpoints/{id}:generateContent
 
 Every API call needs a bearer token the token endpoint issued (or ``api_key``); an expired
-one gets 401 UNAUTHENTICATED. Register a service account's public key first with
-``POST /_emulator/service-accounts``, or have the emulator make a key file with
-``POST /_emulator/service-accounts/keys``. Errors use Google's shape. A Scenario
-(emulator_state.py) injects 429 RESOURCE_EXHAUSTED, 5xx and slow responses through the
-shared fault machinery, fails jobs, and sets the token lifetime.
+one gets 401 UNAUTHENTICATED. The token endpoint grants a request whose scope includes
+cloud-platform, iam or a Cloud Storage ``devstorage.*`` scope (gcsfs asks for
+``devstorage.full_control``); tokens are not bound to their scopes. Register a service
+account's public key first with ``POST /_emulator/service-accounts``, or have the emulator
+make a key file with ``POST /_emulator/service-accounts/keys``. Multipart uploads take CRLF
+or bare-LF line breaks (gcsfs sends LF), as Cloud Storage does. Object lists come in name
+order, at most 1000 items and prefixes a page, with empty ``items`` and ``prefixes`` left
+out, as Cloud Storage answers (``matchGlob`` and ``softDeleted`` are refused with 400; a
+bucket keeps one generation of each object, so ``versions`` lists the same). Errors use
+Google's shape. A Scenario (emulator_state.py) injects 429 RESOURCE_EXHAUSTED, 5xx and slow
+responses through the shared fault machinery, fails jobs, and sets the token lifetime.
 """
 
 from __future__ import annotations
@@ -187,6 +197,27 @@ def get_object(request: Request, store: StoreDep, bucket: str, name: str,
     return stored.to_api(_base(request))
 
 
+def list_objects(
+    request: Request, store: StoreDep, bucket: str, prefix: str = "", delimiter: str = "",
+    start_offset: Annotated[str, Query(alias="startOffset")] = "",
+    end_offset: Annotated[str, Query(alias="endOffset")] = "",
+    include_trailing_delimiter: Annotated[bool, Query(alias="includeTrailingDelimiter")] = False,
+    max_results: Annotated[int, Query(alias="maxResults")] = 0,
+    page_token: Annotated[str | None, Query(alias="pageToken")] = None,
+    match_glob: Annotated[str | None, Query(alias="matchGlob")] = None,
+    soft_deleted: Annotated[bool, Query(alias="softDeleted")] = False,
+) -> dict[str, Any]:
+    """One page of the bucket's objects (objects.list). ``versions`` lists what there is:
+    the emulator keeps one generation of each object, as an unversioned bucket does."""
+    if match_glob is not None or soft_deleted:
+        raise ApiError(400, "INVALID_ARGUMENT", "The emulator does not support matchGlob or "
+                       "softDeleted", storage=True)
+    return store.list_objects(bucket, _base(request), prefix=prefix, delimiter=delimiter,
+                              start_offset=start_offset, end_offset=end_offset,
+                              include_trailing_delimiter=include_trailing_delimiter,
+                              max_results=max_results, page_token=page_token)
+
+
 def download_object(store: StoreDep, bucket: str, name: str) -> Response:
     """An object's bytes (the ``mediaLink`` of its resource)."""
     stored = store.get_object(bucket, name)
@@ -195,11 +226,18 @@ def download_object(store: StoreDep, bucket: str, name: str) -> Response:
 
 
 async def upload(request: Request, store: StoreDep, bucket: str,
-                 upload_type: Annotated[str, Query(alias="uploadType")],
+                 upload_type: Annotated[str | None, Query(alias="uploadType")] = None,
                  name: str | None = None,
                  if_generation_match: Annotated[str | None, Query(
-                     alias="ifGenerationMatch")] = None) -> Any:
-    """Upload an object (media or multipart), or start a resumable upload session."""
+                     alias="ifGenerationMatch")] = None,
+                 upload_id: str | None = None) -> Any:
+    """Upload an object (media or multipart), or start a resumable upload session. A POST
+    to a session's URI (``upload_id``) is one of its chunks, as a PUT is: gcsfs POSTs them,
+    and Cloud Storage takes either."""
+    if upload_id is not None:
+        return await upload_chunk(request, store, bucket, upload_id)
+    if upload_type is None:
+        raise ApiError(400, "INVALID_ARGUMENT", "Required parameter: uploadType", storage=True)
     only_if_absent = _absent(if_generation_match)
     body = await request.body()
     if upload_type == "media":
@@ -239,6 +277,13 @@ async def upload_chunk(request: Request, store: StoreDep, bucket: str,
         return result
     headers = {"range": f"bytes=0-{result - 1}"} if result else {}
     return Response(status_code=308, headers=headers)
+
+
+def cancel_upload(store: StoreDep, bucket: str, upload_id: str) -> Response:
+    """Cancel a resumable session (DELETE on its URI): 499, and it is gone (later requests
+    to it are 404); nothing is stored."""
+    store.cancel_upload(upload_id)
+    return Response(status_code=499)
 
 
 def _absent(if_generation_match: str | None) -> bool:
@@ -284,21 +329,30 @@ def _custom(metadata: dict[str, Any]) -> dict[str, str]:
 
 
 def _multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], bytes, str]:
-    """The JSON metadata and the media of a ``multipart/related`` upload."""
+    """The JSON metadata and the media of a ``multipart/related`` upload. Line breaks may be
+    CRLF or a bare LF (gcsfs sends LF, and Cloud Storage takes it); a delimiter counts only
+    at the start of a line, so the media may hold the boundary string anywhere else."""
     match = re.search(r'boundary="?([^";]+)"?', content_type)
     if not content_type.startswith("multipart/related") or match is None:
         raise ApiError(400, "INVALID_ARGUMENT", "A multipart upload needs "
                        "Content-Type: multipart/related; boundary=…", storage=True)
-    delimiter = b"--" + match.group(1).encode()
-    parts = [p for p in body.split(delimiter)[1:] if not p.startswith(b"--")]
+    delimiter = re.compile(rb"\r?\n--" + re.escape(match.group(1).encode()))
+    # The first delimiter may open the body; the line break before any other is its own.
+    parts = delimiter.split(b"\n" + body)[1:]
     sections = []
-    for part in parts[:2]:
-        head, _, data = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
-        headers = dict(line.split(":", 1) for line in head.decode("latin-1").split("\r\n")
+    for part in parts:
+        if part.startswith(b"--"):  # the close delimiter: the rest is epilogue
+            break
+        part = re.sub(rb"^[ \t]*\r?\n", b"", part)  # padding and the delimiter's line end
+        blank = re.search(rb"(?:^|\r?\n)\r?\n", part)
+        if blank is None:
+            break
+        head, data = part[:blank.start()], part[blank.end():]
+        headers = dict(line.split(":", 1) for line in head.decode("latin-1").splitlines()
                        if ":" in line)
         kind = next((v.strip() for k, v in headers.items()
                      if k.strip().lower() == "content-type"), "")
-        sections.append((kind, data.removesuffix(b"\r\n")))
+        sections.append((kind, data))
     if len(sections) != 2:
         raise ApiError(400, "INVALID_ARGUMENT", "A multipart upload has a metadata part and "
                        "a media part", storage=True)
@@ -365,11 +419,14 @@ ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("POST", "/_emulator/service-accounts/keys", new_service_account_key),
     ("POST", "/storage/v1/b", create_bucket),
     ("GET", "/storage/v1/b/{bucket}", get_bucket),
+    ("GET", "/storage/v1/b/{bucket}/o", list_objects),
+    ("GET", "/storage/v1/b/{bucket}/o/", list_objects),
     ("GET", "/storage/v1/b/{bucket}/o/{name:path}", get_object),
     ("DELETE", "/storage/v1/b/{bucket}/o/{name:path}", delete_object),
     ("GET", "/download/storage/v1/b/{bucket}/o/{name:path}", download_object),
     ("POST", "/upload/storage/v1/b/{bucket}/o", upload),
     ("PUT", "/upload/storage/v1/b/{bucket}/o", upload_chunk),
+    ("DELETE", "/upload/storage/v1/b/{bucket}/o", cancel_upload),
     ("POST", _JOBS, create_job),
     ("GET", _JOBS, list_jobs),
     ("GET", _JOBS + "/{job_id}", get_job),

@@ -49,6 +49,11 @@ CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 #: The scope a source account's token has for impersonating another (tokens are not bound
 #: to their scopes here: either kind may call every API).
 IAM = "https://www.googleapis.com/auth/iam"
+#: Cloud Storage's own scopes (gcsfs asks for one of these, not cloud-platform).
+DEVSTORAGE = tuple(f"https://www.googleapis.com/auth/devstorage.{access}"
+                   for access in ("full_control", "read_write", "read_only"))
+#: A token is granted for a request whose scope names at least one of these.
+GRANTABLE = frozenset({CLOUD_PLATFORM, IAM, *DEVSTORAGE})
 ADAPTER_SIZES = ("ADAPTER_SIZE_UNSPECIFIED", "ADAPTER_SIZE_ONE", "ADAPTER_SIZE_TWO",
                  "ADAPTER_SIZE_FOUR", "ADAPTER_SIZE_EIGHT", "ADAPTER_SIZE_SIXTEEN",
                  "ADAPTER_SIZE_THIRTY_TWO")
@@ -56,6 +61,8 @@ ADAPTER_SIZES = ("ADAPTER_SIZE_UNSPECIFIED", "ADAPTER_SIZE_ONE", "ADAPTER_SIZE_T
 PENDING_SHARE, CANCEL_SHARE = 0.1, 0.1
 LIVE = frozenset({"JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING"})
 MAX_PAGE, DEFAULT_PAGE = 100, 50
+#: objects.list answers at most this many items and prefixes a page (and so by default).
+OBJECTS_PAGE = 1000
 #: The fields of TuningJob, SupervisedTuningSpec and SupervisedHyperParameters in the v1
 #: API (tuning_job.proto); any other name in a request is refused.
 TUNING_JOB_FIELDS = frozenset({
@@ -350,10 +357,11 @@ class Store(FaultStore[Scenario]):
                 raise OAuthError("invalid_grant", f"Invalid JWT: {exc}") from None
             scopes = str(claims.get("scope", "")).split()
             if claims.get("iss") != email or not str(claims.get("aud", "")).endswith("/token") \
-                    or not {CLOUD_PLATFORM, IAM} & set(scopes):
+                    or not GRANTABLE & set(scopes):
                 self._counts["token_refusals"] += 1
                 raise OAuthError("invalid_grant", "Invalid JWT: iss, aud or scope is wrong "
-                                 f"(scope must include {CLOUD_PLATFORM} or {IAM})")
+                                 f"(scope must include {CLOUD_PLATFORM}, {IAM} or a "
+                                 "devstorage scope)")
             token, lifetime, _ = self._issue(email)
             return {"access_token": token, "expires_in": int(lifetime), "token_type": "Bearer"}
 
@@ -372,9 +380,9 @@ class Store(FaultStore[Scenario]):
         if not form.get("subject_token") or not audience.startswith("//iam.googleapis.com/"):
             raise OAuthError("invalid_request", "A subject_token and a workload or workforce "
                              "pool provider audience are required.")
-        if not {CLOUD_PLATFORM, IAM} & set(form.get("scope", "").split()):
-            raise OAuthError("invalid_scope", f"The scope must include {CLOUD_PLATFORM} or "
-                             f"{IAM}")
+        if not GRANTABLE & set(form.get("scope", "").split()):
+            raise OAuthError("invalid_scope", f"The scope must include {CLOUD_PLATFORM}, "
+                             f"{IAM} or a devstorage scope")
         with self._lock:
             token, lifetime, _ = self._issue(f"principal:{audience}", "sts_exchanges")
         return {"access_token": token, "expires_in": int(lifetime), "token_type": "Bearer",
@@ -470,6 +478,60 @@ class Store(FaultStore[Scenario]):
                 raise not_found(f"No such object: {bucket}/{name}", storage=True)
             return stored
 
+    def list_objects(self, bucket: str, base: str, *, prefix: str = "", delimiter: str = "",
+                     start_offset: str = "", end_offset: str = "",
+                     include_trailing_delimiter: bool = False, max_results: int = 0,
+                     page_token: str | None = None) -> dict[str, Any]:
+        """One page of a bucket's objects (objects.list), in lexicographic order of name.
+
+        Names start with ``prefix`` and lie in [``start_offset``, ``end_offset``). With a
+        ``delimiter``, a name holding it after the prefix is listed once, cut after its first
+        delimiter, in ``prefixes`` (and in ``items`` too if ``include_trailing_delimiter`` and
+        that cut is the whole name). A page has at most ``max_results`` (0: 1000, and never
+        more) items and prefixes together; ``nextPageToken`` marks the last one, so a name
+        created before it since is not listed. Empty ``items`` and ``prefixes`` are left out.
+
+        Raises:
+            ApiError: 404 for an unknown bucket, 400 for a negative ``max_results`` or a page
+                token this emulator did not give.
+        """
+        if max_results < 0:
+            raise ApiError(400, "INVALID_ARGUMENT", f"Invalid value for maxResults: "
+                           f"{max_results}", storage=True)
+        size = OBJECTS_PAGE if max_results == 0 else min(max_results, OBJECTS_PAGE)
+        after = _list_position(page_token)
+        with self._lock:
+            self._bucket(bucket)
+            names = sorted(name for (where, name) in self._objects if where == bucket
+                           and name.startswith(prefix) and name >= start_offset
+                           and (not end_offset or name < end_offset))
+            entries: list[tuple[str, int]] = []  # (name, 0) for an item, (prefix, 1)
+            for name in names:
+                cut = name.find(delimiter, len(prefix)) if delimiter else -1
+                if cut < 0:
+                    entries.append((name, 0))
+                    continue
+                folder = name[:cut + len(delimiter)]
+                if include_trailing_delimiter and folder == name:
+                    entries.append((name, 0))
+                if not entries or entries[-1] != (folder, 1):
+                    entries.append((folder, 1))
+            entries.sort()
+            rest = [entry for entry in entries if after is None or entry > after]
+            page = rest[:size]
+            out: dict[str, Any] = {"kind": "storage#objects"}
+            if len(rest) > size:
+                out["nextPageToken"] = base64.urlsafe_b64encode(
+                    json.dumps(list(page[-1])).encode()).decode()
+            prefixes = [key for key, kind in page if kind == 1]
+            if prefixes:
+                out["prefixes"] = prefixes
+            items = [self._objects[(bucket, key)].to_api(base) for key, kind in page
+                     if kind == 0]
+            if items:
+                out["items"] = items
+            return out
+
     def delete_object(self, bucket: str, name: str, if_generation_match: str | None) -> None:
         """Delete an object, with ``ifGenerationMatch`` only that generation (else 412)."""
         with self._lock:
@@ -551,6 +613,13 @@ class Store(FaultStore[Scenario]):
                 self._counts["uploads_resumable"] += 1
                 return stored.to_api(base)
             return len(session.received)
+
+    def cancel_upload(self, upload_id: str) -> None:
+        """Forget a resumable session before its last byte (404 if there is none)."""
+        with self._lock:
+            if self._sessions.pop(upload_id, None) is None:
+                raise not_found("No such upload session", storage=True)
+            self._counts["uploads_cancelled"] += 1
 
     def _done_session(self, upload_id: str, base: str) -> dict[str, Any] | None:
         """A finished session's object (a client asking again after losing the answer)."""
@@ -729,6 +798,20 @@ def _check_hashes(hashes: dict[str, str], content: bytes) -> None:
         if given is not None and given != actual(content):
             raise ApiError(400, "INVALID_ARGUMENT", f'Provided {label} "{given}" doesn\'t '
                            f'match calculated {label} "{actual(content)}".', storage=True)
+
+
+def _list_position(token: str | None) -> tuple[str, int] | None:
+    """The last entry a page of objects.list ended on, from its ``nextPageToken``."""
+    if not token:
+        return None
+    try:
+        key, kind = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if not isinstance(key, str) or kind not in (0, 1):
+            raise ValueError(token)
+    except (ValueError, TypeError):
+        raise ApiError(400, "INVALID_ARGUMENT", f"Invalid pageToken: {token!r}",
+                       storage=True) from None
+    return key, kind
 
 
 def _check_object_name(name: str) -> None:

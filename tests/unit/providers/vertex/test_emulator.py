@@ -85,6 +85,13 @@ class TestTokens:
         assert reply.json()["error"] == "invalid_grant"
         assert words in reply.json()["error_description"]
 
+    @pytest.mark.parametrize("access", ["full_control", "read_write", "read_only"])
+    def test_a_cloud_storage_scope_gets_a_token(self, emu: TestClient, access: str) -> None:
+        """gcsfs asks for devstorage.<access>, not cloud-platform; Google grants it."""
+        reply = token(emu, scope=f"https://www.googleapis.com/auth/devstorage.{access}")
+
+        assert reply.status_code == 200 and reply.json()["access_token"].startswith("ya29.")
+
     def test_a_tampered_signature_is_refused(self, emu: TestClient) -> None:
         head, body, signature = assertion().split(".")
         reply = emu.post("/token", data={
@@ -282,6 +289,168 @@ class TestStorage:
 
         assert partial.status_code == 308 and partial.headers["range"] == "bytes=0-0"
         assert expired.status_code == 410 and gone.status_code == 404
+
+
+    def test_a_session_takes_chunks_by_post_and_can_be_cancelled(self,
+                                                                 emu: TestClient) -> None:
+        """gcsfs POSTs a session's chunks and DELETEs a session it gives up on."""
+        headers = bearer(emu)
+        start = {"uploadType": "resumable"}
+        kept = emu.post("/upload/storage/v1/b/bkt/o", headers=headers, params=start,
+                        json={"name": "kept.jsonl"}).headers["location"]
+        dropped = emu.post("/upload/storage/v1/b/bkt/o", headers=headers, params=start,
+                           json={"name": "dropped.jsonl"}).headers["location"]
+        first, rest = b"a" * (256 << 10), b"tail\n"
+        total = len(first) + len(rest)
+
+        partway = emu.post(kept, content=first, headers={
+            **headers, "content-range": f"bytes 0-{len(first) - 1}/*"})
+        done = emu.post(kept, content=rest, headers={
+            **headers, "content-range": f"bytes {len(first)}-{total - 1}/{total}"})
+        emu.post(dropped, content=first, headers={
+            **headers, "content-range": f"bytes 0-{len(first) - 1}/*"})
+        cancelled = emu.delete(dropped, headers=headers)
+        after = emu.put(dropped, content=rest, headers={
+            **headers, "content-range": f"bytes {len(first)}-{total - 1}/{total}"})
+
+        assert partway.status_code == 308 and partway.headers["range"] == "bytes=0-262143"
+        assert done.status_code == 200 and done.json()["size"] == str(total)
+        assert emu.get("/storage/v1/b/bkt/o/kept.jsonl", headers=headers,
+                       params={"alt": "media"}).content == first + rest
+        assert cancelled.status_code == 499 and after.status_code == 404
+        assert emu.delete(dropped, headers=headers).status_code == 404
+        assert emu.get("/storage/v1/b/bkt/o/dropped.jsonl", headers=headers).status_code == 404
+
+    def test_a_multipart_body_with_bare_line_feeds_is_read(self, emu: TestClient) -> None:
+        """gcsfs separates the parts with LF alone; the boundary string inside the media,
+        not at the start of a line, is media."""
+        headers = bearer(emu)
+        media = b"a line\nwith --==0== inside\n"
+        body = (b'--==0==\nContent-Type: application/json; charset=UTF-8\n\n'
+                b'{"name": "lf.jsonl", "metadata": {"k": "v"}}\n--==0==\n'
+                b"Content-Type: application/jsonl\n\n" + media + b"\n--==0==--")
+
+        reply = emu.post("/upload/storage/v1/b/bkt/o", params={"uploadType": "multipart"},
+                         headers={**headers, "content-type": 'multipart/related; '
+                                  'boundary="==0=="'}, content=body)
+        stored = emu.get("/storage/v1/b/bkt/o/lf.jsonl", headers=headers,
+                         params={"alt": "media"})
+
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["metadata"] == {"k": "v"}
+        assert reply.json()["contentType"] == "application/jsonl"
+        assert stored.content == media
+
+
+def listing(emu: TestClient, headers: dict[str, str], **params: Any) -> Any:
+    reply = emu.get("/storage/v1/b/bkt/o", headers=headers, params=params)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def names(page: dict[str, Any]) -> tuple[list[str], list[str]]:
+    return [item["name"] for item in page.get("items", [])], page.get("prefixes", [])
+
+
+class TestObjectList:
+    """objects.list as Cloud Storage documents it (its own example bucket: a/b, a/c, d, e,
+    e/f, e/g/h)."""
+
+    @pytest.fixture
+    def headers(self, emu: TestClient) -> dict[str, str]:
+        headers = bearer(emu)
+        for name in ("e/g/h", "a/c", "d", "e/f", "a/b", "e"):
+            upload(emu, headers, name, [LINE])
+        return headers
+
+    def test_names_come_in_order_with_their_resources(self, emu: TestClient,
+                                                      headers: dict[str, str]) -> None:
+        page = listing(emu, headers)
+
+        assert page["kind"] == "storage#objects" and "nextPageToken" not in page
+        assert names(page) == (["a/b", "a/c", "d", "e", "e/f", "e/g/h"], [])
+        assert page["items"][0] == emu.get("/storage/v1/b/bkt/o/a%2Fb",
+                                           headers=headers).json()
+        assert emu.get("/storage/v1/b/bkt/o/", headers=headers).json() == page
+
+    @pytest.mark.parametrize(("params", "expected"), [
+        pytest.param({"delimiter": "/"}, (["d", "e"], ["a/", "e/"]), id="top-level"),
+        pytest.param({"delimiter": "/", "prefix": "e/"}, (["e/f"], ["e/g/"]), id="in-e"),
+        pytest.param({"prefix": "e"}, (["e", "e/f", "e/g/h"], []), id="prefix-alone"),
+        pytest.param({"startOffset": "a/c", "endOffset": "e/f"}, (["a/c", "d", "e"], []),
+                     id="offsets"),
+        pytest.param({"prefix": "x/"}, ([], []), id="nothing"),
+    ])
+    def test_a_delimiter_folds_names_into_prefixes(
+            self, emu: TestClient, headers: dict[str, str], params: dict[str, str],
+            expected: tuple[list[str], list[str]]) -> None:
+        page = listing(emu, headers, **params)
+
+        assert names(page) == expected
+        if expected == ([], []):
+            assert page == {"kind": "storage#objects"}  # empty lists are left out
+
+    def test_a_trailing_delimiter_object_is_an_item_too_if_asked(
+            self, emu: TestClient, headers: dict[str, str]) -> None:
+        upload(emu, headers, "a/", [LINE])
+
+        assert names(listing(emu, headers, delimiter="/")) == (["d", "e"], ["a/", "e/"])
+        assert names(listing(emu, headers, delimiter="/", includeTrailingDelimiter="true")) \
+            == (["a/", "d", "e"], ["a/", "e/"])
+
+    def test_pages_hold_max_results_items_and_prefixes_and_resume_after_the_last(
+            self, emu: TestClient, headers: dict[str, str]) -> None:
+        first = listing(emu, headers, delimiter="/", maxResults=3)
+        upload(emu, headers, "c", [LINE])  # before the token: not listed
+        upload(emu, headers, "f", [LINE])  # after it: listed
+        second = listing(emu, headers, delimiter="/", maxResults=3,
+                         pageToken=first["nextPageToken"])
+
+        assert names(first) == (["d", "e"], ["a/"])
+        assert names(second) == (["f"], ["e/"]) and "nextPageToken" not in second
+
+    def test_one_entry_a_page_walks_everything_once(self, emu: TestClient,
+                                                    headers: dict[str, str]) -> None:
+        seen: list[str] = []
+        token: str | None = None
+        for _ in range(10):
+            page = listing(emu, headers, delimiter="/", prefix="e/", maxResults=1,
+                           **({"pageToken": token} if token else {}))
+            items, prefixes = names(page)
+            seen += items + prefixes
+            token = page.get("nextPageToken")
+            if token is None:
+                break
+
+        assert seen == ["e/f", "e/g/"]
+
+    def test_a_page_is_at_most_a_thousand(self, emu: TestClient) -> None:
+        headers = bearer(emu)
+        store = emu.app.state.store  # type: ignore[attr-defined]  # 1001 uploads, quickly
+        for i in range(1001):
+            store.put_object("bkt", f"n/{i:04d}", b"x", "", {}, False, "media", "", {})
+
+        page = listing(emu, headers, maxResults=5000)
+        rest = listing(emu, headers, pageToken=page["nextPageToken"])
+
+        assert len(page["items"]) == 1000 and names(rest) == (["n/1000"], [])
+
+    @pytest.mark.parametrize(("path", "params", "status", "words"), [
+        pytest.param("/storage/v1/b/nope/o", {}, 404, "bucket does not exist", id="no-bucket"),
+        pytest.param("/storage/v1/b/bkt/o", {"pageToken": "not-one"}, 400, "pageToken",
+                     id="bad-token"),
+        pytest.param("/storage/v1/b/bkt/o", {"maxResults": "-1"}, 400, "maxResults",
+                     id="negative-max"),
+        pytest.param("/storage/v1/b/bkt/o", {"matchGlob": "**.jsonl"}, 400, "matchGlob",
+                     id="glob-unsupported"),
+    ])
+    def test_what_it_cannot_list_is_refused(self, emu: TestClient, path: str,
+                                            params: dict[str, str], status: int,
+                                            words: str) -> None:
+        reply = emu.get(path, headers=bearer(emu), params=params)
+
+        assert reply.status_code == status and words in reply.text
+        assert reply.json()["error"]["errors"][0]["reason"] in ("notFound", "invalid")
 
 
 class TestTuningJobs:
