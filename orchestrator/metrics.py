@@ -55,6 +55,7 @@ WEBHOOK_ATTEMPT_SECONDS = Histogram(
     "Time one webhook attempt took, from signing to the answer (or the refusal, the timeout).",
     ["outcome"], buckets=_SECONDS)
 
+
 def step_outcome(result: str) -> str:
     """The label of a step's result ("retry in 5s" → "retry"; a target state stays)."""
     return "retry" if result.startswith("retry") else result
