@@ -23,6 +23,7 @@ from orchestrator.loopback import free_port
 from orchestrator.metrics import DatabaseCollector
 from orchestrator.notify.receiver import Receiver
 from tests.helpers import SECRET, Clock
+from tests.unit.db.test_views import nearest_rank
 from tests.unit.notify.test_deliver import LOOPBACK, Script, attempt_due, event_for
 
 REFUSED = "http://10.1.2.3/hook"
@@ -33,11 +34,6 @@ def as_time(value: datetime | str | None) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
-
-
-def nearest_rank(values: list[float], share: float) -> float | None:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)] if ordered else None
 
 
 def run_out(engine: sa.Engine, settings: Settings, clock: Clock) -> None:
@@ -77,8 +73,8 @@ def expected(engine: sa.Engine) -> dict[str, dict[str, Any]]:
             "attempts_24h": sum(a.started_at >= day_ago for a in done),
             "failures_24h": sum(a.started_at >= day_ago and a.outcome != "delivered"
                                 for a in done),
-            "p50_latency_ms": nearest_rank(latencies, 0.5),
-            "p95_latency_ms": nearest_rank(latencies, 0.95),
+            "p50_latency_ms": nearest_rank(latencies, 0.5) if latencies else None,
+            "p95_latency_ms": nearest_rank(latencies, 0.95) if latencies else None,
             "last_attempt_at": last.started_at if last else None,
             "last_outcome": last.outcome if last else None,
             "last_status_code": last.status_code if last else None,
